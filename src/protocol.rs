@@ -1,0 +1,92 @@
+//! The daemon socket protocol: one JSON request line, one JSON response line.
+//!
+//! Both sides use these types, so they cannot disagree. The decoder bounds the size
+//! and rejects unknown fields and messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// Largest request the daemon reads, in bytes, newline included.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// Protocol version carried in every request.
+pub const VERSION: u32 = 1;
+
+/// One request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Must equal [`VERSION`].
+    pub v: u32,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Op {
+    /// A hook event: connect or disconnect.
+    Event(Event),
+    /// Live sessions and set sizes.
+    Status,
+}
+
+/// The daemon's one answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Response {
+    /// The change is in the kernel and in the store (or nothing needed changing).
+    Applied { detail: String },
+    /// The request is not allowed (policy, prefix, peer); nothing changed.
+    Refused { reason: String },
+    /// The daemon could not apply the request (kernel, store); nothing changed.
+    Failed { reason: String },
+    /// Answer to [`Op::Status`].
+    Status(StatusReport),
+}
+
+/// Live sessions and the size of every managed set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub sessions: Vec<crate::session::Session>,
+    pub sets: Vec<SetSize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSize {
+    pub set: String,
+    /// `None` when the set does not exist in the kernel.
+    pub elements: Option<usize>,
+}
+
+/// Why a request line could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("request larger than {MAX_REQUEST} bytes")]
+    TooLarge,
+    #[error("request is not valid JSON for this protocol: {0}")]
+    Malformed(String),
+    #[error("unsupported protocol version {0} (this daemon speaks {VERSION})")]
+    Version(u32),
+}
+
+/// Decodes one request line (without or with its trailing newline).
+pub fn decode_request(line: &[u8]) -> Result<Request, DecodeError> {
+    if line.len() > MAX_REQUEST {
+        return Err(DecodeError::TooLarge);
+    }
+    let req: Request =
+        serde_json::from_slice(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if req.v != VERSION {
+        return Err(DecodeError::Version(req.v));
+    }
+    Ok(req)
+}
+
+/// Encodes a message as one JSON line.
+pub fn encode_line<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serializing these plain data types cannot fail: no maps with non-string keys.
+    let mut out = serde_json::to_vec(msg).unwrap_or_else(|_| b"{}".to_vec());
+    out.push(b'\n');
+    out
+}
