@@ -1,0 +1,254 @@
+//! `vpnfw serve`: wiring, not logic. The socket, the peer check, the queue, and the
+//! writer thread that owns the kernel and the store.
+
+mod peer;
+mod writer;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::nft::{Nft, NftError};
+use crate::protocol::{self, MAX_REQUEST, Op, Response};
+use crate::store::{Store, StoreError};
+
+pub use peer::{Peer, PeerPolicy};
+pub use writer::{Job, Work, Writer, WriterError};
+
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the daemon waits to hand its answer over.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once; more get an immediate "busy" answer.
+const MAX_CONNECTIONS: usize = 1024;
+/// Queue between connection threads and the writer.
+const QUEUE: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Peer(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("startup reconcile failed: {0}")]
+    Reconcile(#[source] WriterError),
+    #[error(transparent)]
+    Writer(#[from] WriterError),
+    #[error("cannot read the boot id from {path}: {source}")]
+    BootId {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another vpnfw serve is already listening on {0}")]
+    AlreadyRunning(PathBuf),
+}
+
+pub struct ServeOptions {
+    pub config: PathBuf,
+    pub socket: Option<PathBuf>,
+}
+
+/// Runs the daemon until it is killed.
+pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
+    let config = Config::load(&opts.config)?;
+    let socket = opts.socket.unwrap_or_else(|| config.server.socket.clone());
+    let policy = PeerPolicy::new(config.server.group.as_deref()).map_err(DaemonError::Peer)?;
+    let boot_id = read_boot_id(&config.store.boot_id_file)?;
+    let store = Store::open(&config.store.path)?;
+    let nft = Nft::open()?;
+    let mut writer = Writer::new(config.clone(), store, nft, boot_id)?;
+    // Reconcile before accepting events, so the first answer is given on a kernel
+    // that matches the store.
+    writer.reconcile().map_err(DaemonError::Reconcile)?;
+
+    let listener = bind(&socket, &policy)?;
+    let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
+    std::thread::Builder::new()
+        .name("writer".into())
+        .spawn(move || writer.run(rx))
+        .map_err(|source| DaemonError::Bind {
+            path: socket.clone(),
+            source,
+        })?;
+    tracing::info!(socket = %socket.display(), table = %config.nftables.table, "ready");
+
+    let active = Arc::new(AtomicUsize::new(0));
+    let policy = Arc::new(policy);
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            reply(
+                &stream,
+                &Response::Failed {
+                    reason: "daemon busy: too many connections".into(),
+                },
+            );
+            continue;
+        }
+        let (tx, policy, active2) = (tx.clone(), policy.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || {
+                serve_connection(stream, &policy, &tx);
+                active2.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::SeqCst);
+            tracing::error!(error = %e, "cannot start a connection thread");
+        }
+    }
+    Ok(())
+}
+
+fn read_boot_id(path: &Path) -> Result<String, DaemonError> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|source| DaemonError::BootId {
+            path: path.into(),
+            source,
+        })
+}
+
+/// Binds the socket `root:<group>` 0660 (0600 without a group), replacing a stale
+/// socket file but never a live daemon's.
+fn bind(path: &Path, policy: &PeerPolicy) -> Result<UnixListener, DaemonError> {
+    let err = |source| DaemonError::Bind {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .map_err(err)?;
+        }
+    }
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::AlreadyRunning(path.into()));
+            }
+            fs::remove_file(path).map_err(err)?;
+        } else {
+            return Err(err(std::io::Error::other(
+                "a file that is not a socket is in the way; remove it",
+            )));
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(err)?;
+    let mode = match policy.group() {
+        Some((_, gid)) => {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
+            0o660
+        }
+        None => 0o600,
+    };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// One connection: peer check, one bounded request, one answer.
+fn serve_connection(stream: UnixStream, policy: &PeerPolicy, tx: &SyncSender<Job>) {
+    let peer = match Peer::of(&stream) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    if let Some(reason) = policy.refuse(&peer) {
+        tracing::warn!(uid = peer.uid, pid = peer.pid, reason = %reason, "peer refused");
+        reply(&stream, &Response::Refused { reason });
+        return;
+    }
+    let line = match read_line(&stream) {
+        Ok(Some(line)) => line,
+        Ok(None) => return,
+        Err(reason) => {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, reason = %reason, "bad request");
+            reply(&stream, &Response::Refused { reason });
+            return;
+        }
+    };
+    let request = match protocol::decode_request(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, error = %e, "bad request");
+            reply(
+                &stream,
+                &Response::Refused {
+                    reason: e.to_string(),
+                },
+            );
+            return;
+        }
+    };
+    let work = match request.op {
+        Op::Event(ev) => Work::Event(ev),
+        Op::Status => Work::Status,
+    };
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let answer = match tx.send(Job {
+        work,
+        reply: reply_tx,
+    }) {
+        Ok(()) => reply_rx.recv().unwrap_or_else(|_| Response::Failed {
+            reason: "the writer stopped".into(),
+        }),
+        Err(_) => Response::Failed {
+            reason: "the writer stopped".into(),
+        },
+    };
+    reply(&stream, &answer);
+}
+
+/// Reads one newline-terminated request of at most `MAX_REQUEST` bytes.
+fn read_line(stream: &UnixStream) -> Result<Option<Vec<u8>>, String> {
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.take(MAX_REQUEST as u64 + 1));
+    let mut line = Vec::new();
+    match reader.read_until(b'\n', &mut line) {
+        Ok(0) => Ok(None),
+        Ok(_) if line.last() == Some(&b'\n') => Ok(Some(line)),
+        Ok(_) if line.len() > MAX_REQUEST => Err(format!("request larger than {MAX_REQUEST} bytes")),
+        Ok(_) => Err("request not terminated by a newline".into()),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+            Err(format!("no complete request within {} s", READ_TIMEOUT.as_secs()))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn reply(mut stream: &UnixStream, resp: &Response) {
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let _ = stream.write_all(&protocol::encode_line(resp));
+}

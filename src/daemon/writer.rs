@@ -1,0 +1,532 @@
+//! The single writer: owns the netlink socket, the store and the ledger.
+//!
+//! Requests that arrive together are applied as one ledger update, one store
+//! transaction and one netlink batch; each is answered only after both committed.
+//! If a coalesced batch fails, every request is retried on its own so one bad
+//! request cannot fail its neighbours.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+use crate::event::{Event, EventKind};
+use crate::nft::{Family, KeyType, Nft, NftError, SetSpec};
+use crate::protocol::{Response, SetSize, StatusReport};
+use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
+use crate::session::{Change, Edit, Ledger, Session, SessionKey};
+use crate::store::{Store, StoreError};
+
+/// Most requests one batch takes; bounds the latency of the first one.
+const MAX_BATCH: usize = 4096;
+
+/// Work for the writer, with the channel its answer goes to.
+pub struct Job {
+    pub work: Work,
+    pub reply: SyncSender<Response>,
+}
+
+pub enum Work {
+    Event(Event),
+    Status,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriterError {
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("set inet {table} {set} has type {found}, expected {expected}: fix the set declaration in your ruleset")]
+    WrongType {
+        table: String,
+        set: String,
+        found: String,
+        expected: &'static str,
+    },
+}
+
+/// Why one event was not applied.
+enum Rejection {
+    Refused(String),
+    Failed(String),
+}
+
+pub struct Writer {
+    config: Config,
+    store: Store,
+    nft: Nft,
+    ledger: Ledger,
+    boot_id: String,
+    /// Sets known to exist with the right type and recorded in the store.
+    ready_sets: HashSet<String>,
+}
+
+impl Writer {
+    pub fn new(config: Config, store: Store, nft: Nft, boot_id: String) -> Result<Writer, WriterError> {
+        let (sessions, bad) = store.load_sessions()?;
+        for row in bad {
+            tracing::error!(
+                profile = %row.profile,
+                conn_id = %row.conn_id,
+                problem = %row.problem,
+                "ignoring invalid store row; fix or delete it with sqlite3"
+            );
+        }
+        Ok(Writer {
+            config,
+            store,
+            nft,
+            ledger: Ledger::new(sessions),
+            boot_id,
+            ready_sets: HashSet::new(),
+        })
+    }
+
+    fn table(&self) -> &str {
+        &self.config.nftables.table
+    }
+
+    /// Serves jobs until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            let mut jobs = vec![first];
+            while jobs.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => jobs.push(j),
+                    Err(_) => break,
+                }
+            }
+            self.handle(jobs);
+        }
+    }
+
+    fn handle(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let mut pending: Vec<(Edit, Event, SyncSender<Response>)> = Vec::new();
+        let mut status = Vec::new();
+        for job in jobs {
+            match job.work {
+                Work::Status => status.push(job.reply),
+                Work::Event(ev) => match self.prepare(&ev) {
+                    Ok(edit) => pending.push((edit, ev, job.reply)),
+                    Err(r) => answer_rejection(&ev, r, &job.reply),
+                },
+            }
+        }
+        if !pending.is_empty() {
+            let n = pending.len();
+            let edits = pending.iter().map(|(e, _, _)| e.clone()).collect();
+            match self.commit(edits) {
+                Ok(changes) => {
+                    for ((_, ev, reply), change) in pending.into_iter().zip(changes) {
+                        answer_applied(&ev, &change, &reply, started);
+                    }
+                    tracing::debug!(events = n, "batch committed");
+                }
+                Err(e) if n > 1 => {
+                    tracing::warn!(events = n, error = %e, "coalesced batch failed; applying its events one by one");
+                    for (edit, ev, reply) in pending {
+                        match self.commit(vec![edit]) {
+                            Ok(changes) => {
+                                if let Some(c) = changes.first() {
+                                    answer_applied(&ev, c, &reply, started);
+                                }
+                            }
+                            Err(e) => answer_rejection(&ev, Rejection::Failed(e.to_string()), &reply),
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (_, ev, reply) in pending {
+                        answer_rejection(&ev, Rejection::Failed(e.to_string()), &reply);
+                    }
+                }
+            }
+        }
+        for reply in status {
+            let _ = reply.send(self.status());
+        }
+    }
+
+    /// Checks one event against the config and the kernel and turns it into an edit.
+    fn prepare(&mut self, ev: &Event) -> Result<Edit, Rejection> {
+        let sets = self.config.sets_for(&ev.profile);
+        match ev.kind {
+            EventKind::Disconnect => Ok(Edit::Disconnect(SessionKey {
+                profile: ev.profile.clone(),
+                conn_id: ev.conn_id.clone(),
+            })),
+            EventKind::Connect => {
+                let mut wanted = Vec::new();
+                for (addr, family, var) in [
+                    (ev.ip4.map(IpAddr::V4), Family::V4, "VPN_IP_FOUR"),
+                    (ev.ip6.map(IpAddr::V6), Family::V6, "VPN_IP_SIX"),
+                ] {
+                    let Some(addr) = addr else { continue };
+                    if !sets.admits(addr) {
+                        let prefixes: Vec<String> =
+                            sets.prefixes.iter().map(|p| p.to_string()).collect();
+                        return Err(Rejection::Refused(format!(
+                            "{var} {addr} is outside the prefixes of profile {} ({})",
+                            ev.profile,
+                            prefixes.join(", ")
+                        )));
+                    }
+                    wanted.push((sets.set_for(family).to_string(), family));
+                }
+                self.ensure_sets(&wanted)
+                    .map_err(|e| Rejection::Failed(e.to_string()))?;
+                Ok(Edit::Connect(Session {
+                    profile: ev.profile.clone(),
+                    conn_id: ev.conn_id.clone(),
+                    user_id: ev.user_id.clone(),
+                    proto: ev.proto,
+                    ip4: ev.ip4,
+                    ip6: ev.ip6,
+                    set4: sets.set4,
+                    set6: sets.set6,
+                    since: unix_now(),
+                    boot_id: self.boot_id.clone(),
+                }))
+            }
+        }
+    }
+
+    /// Makes sure each set exists with the right type (creating it when allowed) and
+    /// is recorded as managed. Cached: the hot path costs nothing once a set is known.
+    fn ensure_sets(&mut self, wanted: &[(String, Family)]) -> Result<(), WriterError> {
+        let missing: Vec<(String, Family)> = wanted
+            .iter()
+            .filter(|(s, _)| !self.ready_sets.contains(s))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let table = self.table().to_string();
+        let listed = self.nft.list_sets(&table)?;
+        if listed.is_none() && !self.config.nftables.create {
+            return Err(NftError::TableMissing { table }.into());
+        }
+        let existing = listed.unwrap_or_default();
+        let mut to_create = Vec::new();
+        for (name, family) in &missing {
+            match existing.iter().find(|s| &s.name == name) {
+                Some(info) => check_type(&table, name, *family, info.key)?,
+                None if self.config.nftables.create => to_create.push(SetSpec {
+                    name: name.clone(),
+                    family: *family,
+                }),
+                None => {
+                    return Err(NftError::SetMissing {
+                        table,
+                        set: name.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
+        if !to_create.is_empty() {
+            self.nft.create(&table, &to_create)?;
+            for s in &to_create {
+                tracing::info!(table = %table, set = %s.name, r#type = s.family.nft_type(), "created set");
+            }
+        }
+        self.store.add_managed_sets(&missing)?;
+        self.ready_sets.extend(missing.into_iter().map(|(s, _)| s));
+        Ok(())
+    }
+
+    /// Ledger, store and kernel in one step; all three change or none does.
+    fn commit(&mut self, edits: Vec<Edit>) -> Result<Vec<Change>, WriterError> {
+        let (changes, plan) = self.ledger.apply_all(edits);
+        match self.persist(&changes, &plan) {
+            Ok(()) => Ok(changes),
+            Err(e) => {
+                self.ledger.undo_all(changes);
+                // The kernel may have lost a set under us (ruleset reload): look again next time.
+                self.ready_sets.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn persist(&mut self, changes: &[Change], plan: &Plan) -> Result<(), WriterError> {
+        let mut keys: Vec<SessionKey> = Vec::new();
+        let mut seen = HashSet::new();
+        for c in changes {
+            let key = match c {
+                Change::Inserted(k) => k.clone(),
+                Change::Replaced(old) | Change::Removed(old) => old.key(),
+                Change::Unchanged(_) | Change::Unknown(_) => continue,
+            };
+            if seen.insert(key.clone()) {
+                keys.push(key);
+            }
+        }
+        let table = self.config.nftables.table.clone();
+        if keys.is_empty() {
+            // Nothing to store; still re-assert the elements of repeated connects.
+            if !plan.is_empty() {
+                self.nft.apply(&table, plan)?;
+            }
+            return Ok(());
+        }
+        let txn = self.store.begin()?;
+        for key in &keys {
+            match self.ledger.get(key) {
+                Some(s) => txn.upsert(s)?,
+                None => txn.delete(key)?,
+            }
+        }
+        // Kernel first, then the store commit: a crash in between leaves an element the
+        // store does not explain, which startup reconcile removes; the hook got no
+        // answer, so nothing it was told is lost.
+        if !plan.is_empty() {
+            self.nft.apply(&table, plan)?;
+        }
+        if let Err(e) = txn.commit() {
+            self.revert_kernel(plan);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Best effort after a failed store commit: put the touched elements back.
+    fn revert_kernel(&mut self, plan: &Plan) {
+        let mut undo = Plan::default();
+        for a in &plan.adds {
+            undo.dels.push(ElemRef {
+                set: a.set.clone(),
+                addr: a.addr,
+            });
+        }
+        for d in &plan.dels {
+            undo.adds.push(ElemAdd {
+                set: d.set.clone(),
+                addr: d.addr,
+                comment: String::new(),
+            });
+        }
+        let table = self.config.nftables.table.clone();
+        if let Err(e) = self.nft.apply(&table, &undo) {
+            tracing::error!(error = %e, "could not revert the kernel after a failed store commit; run a reconcile");
+        }
+    }
+
+    /// Every set reconcile looks after: configured, recorded in the store, and named by
+    /// a live session.
+    fn managed_sets(&self) -> Result<BTreeMap<String, Family>, WriterError> {
+        let mut sets: BTreeMap<String, Family> = BTreeMap::new();
+        for (name, fam) in self.config.configured_sets() {
+            sets.insert(name, fam);
+        }
+        for (name, fam) in self.store.managed_sets()? {
+            sets.entry(name).or_insert(fam);
+        }
+        for s in self.ledger.sessions() {
+            if s.ip4.is_some() {
+                sets.entry(s.set4.clone()).or_insert(Family::V4);
+            }
+            if s.ip6.is_some() {
+                sets.entry(s.set6.clone()).or_insert(Family::V6);
+            }
+        }
+        Ok(sets)
+    }
+
+    /// Makes the kernel sets equal to the live sessions, in one batch.
+    pub fn reconcile(&mut self) -> Result<Summary, WriterError> {
+        let started = Instant::now();
+        let table = self.table().to_string();
+        let sets = self.managed_sets()?;
+        let existing = self.nft.list_sets(&table)?.unwrap_or_default();
+        let mut to_create = Vec::new();
+        let mut usable: Vec<(String, Family)> = Vec::new();
+        for (name, family) in &sets {
+            match existing.iter().find(|s| &s.name == name) {
+                Some(info) => match check_type(&table, name, *family, info.key) {
+                    Ok(()) => usable.push((name.clone(), *family)),
+                    Err(e) => tracing::error!(error = %e, "skipping set"),
+                },
+                None if self.config.nftables.create => {
+                    to_create.push(SetSpec {
+                        name: name.clone(),
+                        family: *family,
+                    });
+                    usable.push((name.clone(), *family));
+                }
+                None => tracing::error!(
+                    table = %table,
+                    set = %name,
+                    "set not found: declare it in your ruleset or set [nftables] create = true; its sessions stay out of the kernel"
+                ),
+            }
+        }
+        if !to_create.is_empty() {
+            self.nft.create(&table, &to_create)?;
+        }
+        let mut actual = Actual::new();
+        for (name, _) in &usable {
+            let addrs: BTreeSet<IpAddr> = if to_create.iter().any(|s| &s.name == name) {
+                BTreeSet::new()
+            } else {
+                let info = existing
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .cloned()
+                    .ok_or_else(|| NftError::SetMissing {
+                        table: table.clone(),
+                        set: name.clone(),
+                    })?;
+                let contents = self.nft.dump_set(&table, &info)?;
+                for (first, last) in &contents.ranges {
+                    tracing::warn!(set = %name, %first, %last, "leaving a range vpnfw did not write");
+                }
+                contents.addrs.into_iter().collect()
+            };
+            actual.insert(name.clone(), addrs);
+        }
+        let mut desired = self.ledger.desired();
+        desired.retain(|e, _| actual.contains_key(&e.set));
+        let plan = reconcile::diff(&desired, &actual);
+        if !plan.is_empty() {
+            self.nft.apply(&table, &plan)?;
+        }
+        self.store.add_managed_sets(&usable)?;
+        self.ready_sets = usable.into_iter().map(|(s, _)| s).collect();
+        let summary = Summary {
+            sets: actual.len(),
+            added: plan.adds.len(),
+            deleted: plan.dels.len(),
+        };
+        tracing::info!(
+            sets = summary.sets,
+            sessions = self.ledger.len(),
+            added = summary.added,
+            deleted = summary.deleted,
+            ms = started.elapsed().as_millis() as u64,
+            "reconciled"
+        );
+        for d in plan.dels.iter().take(20) {
+            tracing::info!(set = %d.set, addr = %d.addr, "reconcile removed stale element");
+        }
+        for a in plan.adds.iter().take(20) {
+            tracing::info!(set = %a.set, addr = %a.addr, "reconcile restored missing element");
+        }
+        Ok(summary)
+    }
+
+    fn status(&mut self) -> Response {
+        let mut sessions: Vec<Session> = self.ledger.sessions().cloned().collect();
+        sessions.sort_by(|a, b| (&a.profile, &a.conn_id).cmp(&(&b.profile, &b.conn_id)));
+        let table = self.table().to_string();
+        let sets = match self.managed_sets() {
+            Ok(s) => s,
+            Err(e) => return Response::Failed { reason: e.to_string() },
+        };
+        let existing = match self.nft.list_sets(&table) {
+            Ok(l) => l.unwrap_or_default(),
+            Err(e) => return Response::Failed { reason: e.to_string() },
+        };
+        let mut sizes = Vec::new();
+        for name in sets.keys() {
+            let elements = match existing.iter().find(|s| &s.name == name) {
+                Some(info) => match self.nft.dump_set(&table, info) {
+                    Ok(c) => Some(c.addrs.len() + c.ranges.len()),
+                    Err(e) => return Response::Failed { reason: e.to_string() },
+                },
+                None => None,
+            };
+            sizes.push(SetSize {
+                set: name.clone(),
+                elements,
+            });
+        }
+        Response::Status(StatusReport {
+            sessions,
+            sets: sizes,
+        })
+    }
+}
+
+fn check_type(table: &str, set: &str, family: Family, key: KeyType) -> Result<(), WriterError> {
+    let ok = matches!(
+        (family, key),
+        (Family::V4, KeyType::Ipv4Addr) | (Family::V6, KeyType::Ipv6Addr)
+    );
+    if ok {
+        return Ok(());
+    }
+    let found = match key {
+        KeyType::Ipv4Addr => "ipv4_addr".to_string(),
+        KeyType::Ipv6Addr => "ipv6_addr".to_string(),
+        KeyType::Other { datatype, len } => format!("datatype {datatype} ({len} bytes)"),
+    };
+    Err(WriterError::WrongType {
+        table: table.into(),
+        set: set.into(),
+        found,
+        expected: family.nft_type(),
+    })
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn event_name(ev: &Event) -> &'static str {
+    match ev.kind {
+        EventKind::Connect => "connect",
+        EventKind::Disconnect => "disconnect",
+    }
+}
+
+fn answer_applied(ev: &Event, change: &Change, reply: &SyncSender<Response>, started: Instant) {
+    let detail = match change {
+        Change::Inserted(_) => "session started",
+        Change::Replaced(_) => "session updated with new addresses",
+        Change::Unchanged(_) => "session already live",
+        Change::Removed(_) => "session ended",
+        Change::Unknown(_) => "no such session; nothing to remove",
+    };
+    let us = started.elapsed().as_micros() as u64;
+    if matches!(change, Change::Unknown(_)) {
+        tracing::warn!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, us, "disconnect of an unknown session");
+    } else {
+        tracing::info!(
+            event = event_name(ev),
+            profile = %ev.profile,
+            conn_id = %ev.conn_id,
+            user = %ev.user_id,
+            v4 = ?ev.ip4,
+            v6 = ?ev.ip6,
+            result = detail,
+            us,
+            "event applied"
+        );
+    }
+    let _ = reply.send(Response::Applied {
+        detail: detail.to_string(),
+    });
+}
+
+fn answer_rejection(ev: &Event, r: Rejection, reply: &SyncSender<Response>) {
+    let resp = match r {
+        Rejection::Refused(reason) => {
+            tracing::warn!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, reason = %reason, "event refused");
+            Response::Refused { reason }
+        }
+        Rejection::Failed(reason) => {
+            tracing::error!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, reason = %reason, "event failed");
+            Response::Failed { reason }
+        }
+    };
+    let _ = reply.send(resp);
+}
+
