@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod error;
 pub mod event;
 pub mod nft;
+pub mod paths;
 pub mod protocol;
 pub mod reconcile;
 pub mod session;

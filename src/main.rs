@@ -1,3 +1,255 @@
-fn main() {
-    println!("vpnfw");
+//! `vpnfw`: the hook (no arguments, `VPN_EVENT` set), the daemon and the admin commands.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use vpnfw::config::{self, Config};
+use vpnfw::error::exit;
+use vpnfw::nft::{KeyType, Nft};
+use vpnfw::protocol::{Op, Request, Response, VERSION};
+use vpnfw::{client, daemon};
+
+/// nftables session manager for eduVPN / Let's Connect! VPN servers.
+///
+/// Run with no arguments as the portal's connectScriptPath hook: it reads the VPN_*
+/// environment and asks `vpnfw serve` to put the client's addresses into the nftables
+/// sets of its profile (connect) or take them out (disconnect).
+#[derive(Parser)]
+#[command(name = "vpnfw", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Act as the connect/disconnect hook (the default when VPN_EVENT is set).
+    ///
+    /// Exit codes: 0 applied, 2 bad input, 3 refused, 4 daemon unreachable, 5 daemon failed.
+    Hook,
+    /// Run the privileged daemon (needs CAP_NET_ADMIN).
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Socket path; overrides [server] socket.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Show live sessions per profile and the size of every managed set.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Daemon socket (default: $VPNFW_SOCKET, else [server] socket of --config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Config file, used to find the socket.
+        #[arg(long, default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the config and the kernel's sets; exits non-zero on any problem.
+    Check {
+        /// Config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        None if std::env::var_os("VPN_EVENT").is_some() => client::run_hook(),
+        Some(Command::Hook) => client::run_hook(),
+        None => {
+            eprintln!(
+                "vpnfw: VPN_EVENT is not set; run `vpnfw --help`, or set connectScriptPath to this binary"
+            );
+            exit::BAD_INPUT
+        }
+        Some(Command::Serve { config, socket }) => {
+            init_logging();
+            match daemon::serve(daemon::ServeOptions { config, socket }) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    tracing::error!(error = %e, "vpnfw serve stopped");
+                    exit::PROBLEM
+                }
+            }
+        }
+        Some(Command::Status {
+            json,
+            socket,
+            config,
+        }) => status(json, socket, &config),
+        Some(Command::Check { config }) => check(&config),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VPNFW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Under systemd, journald stamps each line itself.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The socket an admin command talks to: flag, then $VPNFW_SOCKET, then the config.
+fn admin_socket(flag: Option<PathBuf>, config: &Path) -> PathBuf {
+    flag.or_else(|| {
+        std::env::var_os("VPNFW_SOCKET")
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    })
+    .or_else(|| Config::load(config).ok().map(|c| c.server.socket))
+    .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
+}
+
+fn status(json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
+    let socket = admin_socket(socket, config);
+    let req = Request {
+        v: VERSION,
+        op: Op::Status,
+    };
+    let report = match client::request(&socket, &req, Duration::from_secs(30)) {
+        Ok(Response::Status(r)) => r,
+        Ok(Response::Refused { reason } | Response::Failed { reason }) => {
+            eprintln!("vpnfw status: {reason}");
+            return exit::PROBLEM;
+        }
+        Ok(other) => {
+            eprintln!("vpnfw status: unexpected answer {other:?}");
+            return exit::PROBLEM;
+        }
+        Err(e) => {
+            eprintln!("vpnfw status: {e}");
+            return exit::UNREACHABLE;
+        }
+    };
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("vpnfw status: {e}");
+                return exit::PROBLEM;
+            }
+        }
+        return exit::OK;
+    }
+    println!(
+        "{:<16} {:<40} {:<10} {:<16} {:<28} {:>10}  user",
+        "profile", "connection", "proto", "ipv4", "ipv6", "since"
+    );
+    for s in &report.sessions {
+        println!(
+            "{:<16} {:<40} {:<10} {:<16} {:<28} {:>10}  {}",
+            s.profile,
+            s.conn_id,
+            s.proto,
+            s.ip4.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            s.ip6.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+            s.since,
+            s.user_id
+        );
+    }
+    println!();
+    println!("{} live sessions", report.sessions.len());
+    for s in &report.sets {
+        match s.elements {
+            Some(n) => println!("set {:<24} {n} elements", s.set),
+            None => println!("set {:<24} missing from the kernel", s.set),
+        }
+    }
+    exit::OK
+}
+
+fn check(path: &Path) -> i32 {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vpnfw check: {e}");
+            return exit::PROBLEM;
+        }
+    };
+    let mut problems = 0;
+    println!(
+        "config {}: ok ({} profiles)",
+        path.display(),
+        cfg.profiles.len()
+    );
+    if let Err(e) = daemon::PeerPolicy::new(cfg.server.group.as_deref()) {
+        println!("problem: {e}");
+        problems += 1;
+    }
+    let table = &cfg.nftables.table;
+    let listed = Nft::open().and_then(|mut n| n.list_sets(table));
+    match listed {
+        Err(e) => {
+            println!("problem: {e}");
+            problems += 1;
+        }
+        Ok(None) if cfg.nftables.create => {
+            println!("table inet {table}: missing; vpnfw serve will create it (create = true)")
+        }
+        Ok(None) => {
+            println!(
+                "problem: table inet {table} not found: declare it in your ruleset or set [nftables] create = true"
+            );
+            problems += 1;
+        }
+        Ok(Some(sets)) => {
+            for (name, family) in cfg.configured_sets() {
+                match sets.iter().find(|s| s.name == name) {
+                    None if cfg.nftables.create => println!(
+                        "set inet {table} {name}: missing; vpnfw serve will create it (create = true)"
+                    ),
+                    None => {
+                        println!(
+                            "problem: set inet {table} {name} not found: declare it in your ruleset or set [nftables] create = true"
+                        );
+                        problems += 1;
+                    }
+                    Some(info) => {
+                        let ok = matches!(
+                            (family, info.key),
+                            (vpnfw::nft::Family::V4, KeyType::Ipv4Addr)
+                                | (vpnfw::nft::Family::V6, KeyType::Ipv6Addr)
+                        );
+                        if ok {
+                            println!(
+                                "set inet {table} {name}: ok ({}{})",
+                                family.nft_type(),
+                                if info.interval { ", interval" } else { "" }
+                            );
+                        } else {
+                            println!(
+                                "problem: set inet {table} {name} has the wrong type, expected {}: fix its declaration",
+                                family.nft_type()
+                            );
+                            problems += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if problems > 0 {
+        eprintln!("vpnfw check: {problems} problem(s)");
+        exit::PROBLEM
+    } else {
+        exit::OK
+    }
 }

@@ -4,7 +4,7 @@
 //! can be inspected with `sqlite3 /var/lib/vpnfw/state.db 'select * from sessions'`.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -75,18 +75,10 @@ impl Store {
     /// Opens (creating when missing) the store; the directory is created 0700 and the
     /// database file made 0600: it names users.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.exists() {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(dir)
-                    .map_err(|source| StoreError::CreateDir {
-                        path: dir.into(),
-                        source,
-                    })?;
-            }
-        }
+        crate::paths::create_parent(path, 0o700).map_err(|source| StoreError::CreateDir {
+            path: path.into(),
+            source,
+        })?;
         let open_err = |source| StoreError::Open {
             path: path.into(),
             source,
@@ -281,11 +273,17 @@ impl RawRow {
         };
         let ip4 = match self.ip4.as_deref() {
             None | Some("") => None,
-            Some(a) => Some(a.parse().map_err(|_| format!("ip4 {a:?} is not an IPv4 address"))?),
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|_| format!("ip4 {a:?} is not an IPv4 address"))?,
+            ),
         };
         let ip6 = match self.ip6.as_deref() {
             None | Some("") => None,
-            Some(a) => Some(a.parse().map_err(|_| format!("ip6 {a:?} is not an IPv6 address"))?),
+            Some(a) => Some(
+                a.parse()
+                    .map_err(|_| format!("ip6 {a:?} is not an IPv6 address"))?,
+            ),
         };
         Ok(Session {
             profile: ProfileId::parse(&self.profile).map_err(|e| e.to_string())?,

@@ -6,7 +6,7 @@ mod writer;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,15 +141,7 @@ fn bind(path: &Path, policy: &PeerPolicy) -> Result<UnixListener, DaemonError> {
         path: path.into(),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(err)?;
-        }
-    }
+    crate::paths::create_parent(path, 0o755).map_err(err)?;
     if let Ok(meta) = fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             if UnixStream::connect(path).is_ok() {
@@ -239,10 +231,20 @@ fn read_line(stream: &UnixStream) -> Result<Option<Vec<u8>>, String> {
     match reader.read_until(b'\n', &mut line) {
         Ok(0) => Ok(None),
         Ok(_) if line.last() == Some(&b'\n') => Ok(Some(line)),
-        Ok(_) if line.len() > MAX_REQUEST => Err(format!("request larger than {MAX_REQUEST} bytes")),
+        Ok(_) if line.len() > MAX_REQUEST => {
+            Err(format!("request larger than {MAX_REQUEST} bytes"))
+        }
         Ok(_) => Err("request not terminated by a newline".into()),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-            Err(format!("no complete request within {} s", READ_TIMEOUT.as_secs()))
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            Err(format!(
+                "no complete request within {} s",
+                READ_TIMEOUT.as_secs()
+            ))
         }
         Err(e) => Err(e.to_string()),
     }

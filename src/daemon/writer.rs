@@ -38,7 +38,9 @@ pub enum WriterError {
     Nft(#[from] NftError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("set inet {table} {set} has type {found}, expected {expected}: fix the set declaration in your ruleset")]
+    #[error(
+        "set inet {table} {set} has type {found}, expected {expected}: fix the set declaration in your ruleset"
+    )]
     WrongType {
         table: String,
         set: String,
@@ -64,7 +66,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(config: Config, store: Store, nft: Nft, boot_id: String) -> Result<Writer, WriterError> {
+    pub fn new(
+        config: Config,
+        store: Store,
+        nft: Nft,
+        boot_id: String,
+    ) -> Result<Writer, WriterError> {
         let (sessions, bad) = store.load_sessions()?;
         for row in bad {
             tracing::error!(
@@ -134,7 +141,9 @@ impl Writer {
                                     answer_applied(&ev, c, &reply, started);
                                 }
                             }
-                            Err(e) => answer_rejection(&ev, Rejection::Failed(e.to_string()), &reply),
+                            Err(e) => {
+                                answer_rejection(&ev, Rejection::Failed(e.to_string()), &reply)
+                            }
                         }
                     }
                 }
@@ -425,18 +434,30 @@ impl Writer {
         let table = self.table().to_string();
         let sets = match self.managed_sets() {
             Ok(s) => s,
-            Err(e) => return Response::Failed { reason: e.to_string() },
+            Err(e) => {
+                return Response::Failed {
+                    reason: e.to_string(),
+                };
+            }
         };
         let existing = match self.nft.list_sets(&table) {
             Ok(l) => l.unwrap_or_default(),
-            Err(e) => return Response::Failed { reason: e.to_string() },
+            Err(e) => {
+                return Response::Failed {
+                    reason: e.to_string(),
+                };
+            }
         };
         let mut sizes = Vec::new();
         for name in sets.keys() {
             let elements = match existing.iter().find(|s| &s.name == name) {
                 Some(info) => match self.nft.dump_set(&table, info) {
                     Ok(c) => Some(c.addrs.len() + c.ranges.len()),
-                    Err(e) => return Response::Failed { reason: e.to_string() },
+                    Err(e) => {
+                        return Response::Failed {
+                            reason: e.to_string(),
+                        };
+                    }
                 },
                 None => None,
             };
@@ -529,4 +550,3 @@ fn answer_rejection(ev: &Event, r: Rejection, reply: &SyncSender<Response>) {
     };
     let _ = reply.send(resp);
 }
-

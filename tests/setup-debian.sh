@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs what a fresh Debian 12 (or Ubuntu) machine lacks to build and test vpnfw.
+# Skips apt entirely when everything is already there. Needs root.
+set -eu
+need=""
+for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need="$need $pkg"
+done
+if [ -n "$need" ]; then
+    echo "installing:$need" >&2
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y $need
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install a current Rust toolchain (https://rustup.rs); Debian 12's rustc is too old for edition 2024" >&2
+    exit 1
+fi
