@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
@@ -41,8 +42,41 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// Periodic reconcile, e.g. "30s", "5m", "1h". Unset: only at startup and on command.
+    pub interval: Option<String>,
+}
+
+impl ReconcileConfig {
+    pub fn interval(&self) -> Result<Option<Duration>, String> {
+        self.interval.as_deref().map(parse_duration).transpose()
+    }
+}
+
+/// "90s", "5m", "1h": a whole number and one unit.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a duration like \"30s\", \"5m\" or \"1h\"");
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(bad()),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: the interval must be at least 1s"));
+    }
+    Ok(Duration::from_secs(secs))
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -139,7 +173,8 @@ fn valid_object_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.starts_with(|c: char| c.is_ascii_alphabetic())
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl Config {
@@ -156,11 +191,10 @@ impl Config {
             path: path.into(),
             message: e.to_string().trim().replace('\n', " "),
         })?;
-        cfg.validate()
-            .map_err(|message| ConfigError::Invalid {
-                path: path.into(),
-                message,
-            })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -171,6 +205,9 @@ impl Config {
                 self.nftables.table
             ));
         }
+        self.reconcile
+            .interval()
+            .map_err(|e| format!("[reconcile] interval = {e}"))?;
         let mut ids = HashSet::new();
         let mut sets = HashSet::new();
         for p in &self.profiles {
@@ -252,6 +289,18 @@ mod tests {
         assert_eq!(c.server.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.store.path, PathBuf::from(DEFAULT_STORE));
         assert!(c.profiles.is_empty());
+        assert_eq!(c.reconcile.interval(), Ok(None));
+    }
+
+    #[test]
+    fn reconcile_interval_units() {
+        for (text, secs) in [("30s", 30), ("5m", 300), ("2h", 7200)] {
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -269,7 +318,10 @@ mod tests {
         )
         .expect("valid");
         let staff = c.sets_for(&ProfileId::parse("staff").expect("id"));
-        assert_eq!((staff.set4.as_str(), staff.set6.as_str()), ("staff_v4", "staff_v6"));
+        assert_eq!(
+            (staff.set4.as_str(), staff.set6.as_str()),
+            ("staff_v4", "staff_v6")
+        );
         assert!(staff.admits("10.10.0.5".parse().expect("ip")));
         assert!(!staff.admits("10.11.0.5".parse().expect("ip")));
         assert!(staff.admits("fd10::5".parse().expect("ip")));
@@ -296,6 +348,10 @@ mod tests {
             "[[profile]]\nid = \"a\"\nprefixes = [\"10.0.0.0/33\"]",
             "[nftables]\ntabel = \"typo\"",
             "[server]\nsocket = 5",
+            "[reconcile]\ninterval = \"5\"",
+            "[reconcile]\ninterval = \"0s\"",
+            "[reconcile]\ninterval = \"5 m\"",
+            "[reconcile]\ninterval = \"-5m\"",
         ] {
             assert!(parse(bad).is_err(), "accepted bad config: {bad}");
         }

@@ -51,6 +51,21 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Reconcile the kernel sets against the live sessions now (through the daemon).
+    Reconcile {
+        /// Print the adds and deletes that would be made; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Daemon socket (default: $VPNFW_SOCKET, else [server] socket of --config).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Config file, used to find the socket.
+        #[arg(long, default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate the config and the kernel's sets; exits non-zero on any problem.
     Check {
         /// Config file.
@@ -85,6 +100,12 @@ fn main() -> ExitCode {
             socket,
             config,
         }) => status(json, socket, &config),
+        Some(Command::Reconcile {
+            dry_run,
+            json,
+            socket,
+            config,
+        }) => reconcile(dry_run, json, socket, &config),
         Some(Command::Check { config }) => check(&config),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
@@ -118,36 +139,84 @@ fn admin_socket(flag: Option<PathBuf>, config: &Path) -> PathBuf {
     .unwrap_or_else(|| PathBuf::from(config::DEFAULT_SOCKET))
 }
 
-fn status(json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
+/// Sends one admin request; on failure prints one line and returns the exit code.
+fn admin_request(
+    cmd: &str,
+    socket: Option<PathBuf>,
+    config: &Path,
+    op: Op,
+) -> Result<Response, i32> {
     let socket = admin_socket(socket, config);
-    let req = Request {
-        v: VERSION,
-        op: Op::Status,
-    };
-    let report = match client::request(&socket, &req, Duration::from_secs(30)) {
-        Ok(Response::Status(r)) => r,
+    let req = Request { v: VERSION, op };
+    match client::request(&socket, &req, Duration::from_secs(120)) {
         Ok(Response::Refused { reason } | Response::Failed { reason }) => {
-            eprintln!("vpnfw status: {reason}");
-            return exit::PROBLEM;
+            eprintln!("vpnfw {cmd}: {reason}");
+            Err(exit::PROBLEM)
         }
-        Ok(other) => {
-            eprintln!("vpnfw status: unexpected answer {other:?}");
-            return exit::PROBLEM;
+        Ok(resp) => Ok(resp),
+        Err(e) => {
+            eprintln!("vpnfw {cmd}: {e}");
+            Err(exit::UNREACHABLE)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(cmd: &str, value: &T) -> i32 {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => {
+            println!("{s}");
+            exit::OK
         }
         Err(e) => {
-            eprintln!("vpnfw status: {e}");
-            return exit::UNREACHABLE;
+            eprintln!("vpnfw {cmd}: {e}");
+            exit::PROBLEM
         }
+    }
+}
+
+fn unexpected(cmd: &str, resp: &Response) -> i32 {
+    eprintln!("vpnfw {cmd}: unexpected answer from the daemon: {resp:?}");
+    exit::PROBLEM
+}
+
+fn reconcile(dry_run: bool, json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
+    let report = match admin_request("reconcile", socket, config, Op::Reconcile { dry_run }) {
+        Ok(Response::Reconciled(r)) => r,
+        Ok(other) => return unexpected("reconcile", &other),
+        Err(code) => return code,
     };
     if json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("vpnfw status: {e}");
-                return exit::PROBLEM;
-            }
+        return print_json("reconcile", &report);
+    }
+    let verb = if dry_run { "would " } else { "" };
+    for d in &report.dels {
+        println!("{verb}delete {} from {}", d.addr, d.set);
+    }
+    for a in &report.adds {
+        println!("{verb}add {} to {}", a.addr, a.set);
+    }
+    println!(
+        "{} sets checked: {verb}add {}, {verb}delete {}{}",
+        report.summary.sets,
+        report.summary.added,
+        report.summary.deleted,
+        if dry_run {
+            " (dry run: nothing changed)"
+        } else {
+            ""
         }
-        return exit::OK;
+    );
+    exit::OK
+}
+
+fn status(json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
+    let report = match admin_request("status", socket, config, Op::Status) {
+        Ok(Response::Status(r)) => r,
+        Ok(other) => return unexpected("status", &other),
+        Err(code) => return code,
+    };
+    if json {
+        return print_json("status", &report);
     }
     println!(
         "{:<16} {:<40} {:<10} {:<16} {:<28} {:>10}  user",

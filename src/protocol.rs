@@ -29,6 +29,11 @@ pub enum Op {
     Event(Event),
     /// Live sessions and set sizes.
     Status,
+    /// Reconcile the kernel against the live sessions now.
+    Reconcile {
+        /// Report what would change, change nothing.
+        dry_run: bool,
+    },
 }
 
 /// The daemon's one answer.
@@ -43,6 +48,17 @@ pub enum Response {
     Failed { reason: String },
     /// Answer to [`Op::Status`].
     Status(StatusReport),
+    /// Answer to [`Op::Reconcile`].
+    Reconciled(ReconcileReport),
+}
+
+/// What a reconcile changed (or, for a dry run, would change).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReconcileReport {
+    pub dry_run: bool,
+    pub summary: crate::reconcile::Summary,
+    pub adds: Vec<crate::reconcile::ElemRef>,
+    pub dels: Vec<crate::reconcile::ElemRef>,
 }
 
 /// Live sessions and the size of every managed set.

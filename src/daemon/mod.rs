@@ -75,9 +75,10 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     let store = Store::open(&config.store.path)?;
     let nft = Nft::open()?;
     let mut writer = Writer::new(config.clone(), store, nft, boot_id)?;
+    writer.end_previous_boot()?;
     // Reconcile before accepting events, so the first answer is given on a kernel
     // that matches the store.
-    writer.reconcile().map_err(DaemonError::Reconcile)?;
+    writer.reconcile(false).map_err(DaemonError::Reconcile)?;
 
     let listener = bind(&socket, &policy)?;
     let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
@@ -88,6 +89,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
             path: socket.clone(),
             source,
         })?;
+    if let Ok(Some(every)) = config.reconcile.interval() {
+        spawn_periodic_reconcile(tx.clone(), every);
+    }
     tracing::info!(socket = %socket.display(), table = %config.nftables.table, "ready");
 
     let active = Arc::new(AtomicUsize::new(0));
@@ -123,6 +127,30 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         }
     }
     Ok(())
+}
+
+/// `[reconcile] interval`: queue a reconcile on the writer every `every`.
+fn spawn_periodic_reconcile(tx: SyncSender<Job>, every: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("periodic".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let (reply, answer) = mpsc::sync_channel(1);
+                let job = Job {
+                    work: Work::Reconcile { dry_run: false },
+                    reply,
+                };
+                if tx.send(job).is_err() {
+                    return;
+                }
+                // The writer logs the outcome; wait so runs never pile up.
+                let _ = answer.recv();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start periodic reconcile");
+    }
 }
 
 fn read_boot_id(path: &Path) -> Result<String, DaemonError> {
@@ -205,6 +233,7 @@ fn serve_connection(stream: UnixStream, policy: &PeerPolicy, tx: &SyncSender<Job
     let work = match request.op {
         Op::Event(ev) => Work::Event(ev),
         Op::Status => Work::Status,
+        Op::Reconcile { dry_run } => Work::Reconcile { dry_run },
     };
     let (reply_tx, reply_rx) = mpsc::sync_channel(1);
     let answer = match tx.send(Job {

@@ -11,9 +11,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, Proto};
 use crate::nft::{Family, KeyType, Nft, NftError, SetSpec};
-use crate::protocol::{Response, SetSize, StatusReport};
+use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
 use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
 use crate::session::{Change, Edit, Ledger, Session, SessionKey};
 use crate::store::{Store, StoreError};
@@ -30,6 +30,7 @@ pub struct Job {
 pub enum Work {
     Event(Event),
     Status,
+    Reconcile { dry_run: bool },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,41 @@ impl Writer {
         })
     }
 
+    /// Ends OpenVPN sessions from an earlier boot: their tunnels died with it and no
+    /// disconnect will ever come. WireGuard sessions stay: the portal's daemon-sync
+    /// re-adds their peers after a reboot without firing connect (DESIGN.md §2).
+    pub fn end_previous_boot(&mut self) -> Result<(), WriterError> {
+        let stale: Vec<SessionKey> = self
+            .ledger
+            .sessions()
+            .filter(|s| s.boot_id != self.boot_id && s.proto == Proto::OpenVpn)
+            .map(Session::key)
+            .collect();
+        let kept = self
+            .ledger
+            .sessions()
+            .filter(|s| s.boot_id != self.boot_id && s.proto == Proto::WireGuard)
+            .count();
+        if !stale.is_empty() {
+            let txn = self.store.begin()?;
+            for key in &stale {
+                txn.delete(key)?;
+            }
+            txn.commit()?;
+            // The kernel side follows in the reconcile that runs next.
+            self.ledger
+                .apply_all(stale.iter().cloned().map(Edit::Disconnect).collect());
+        }
+        if !stale.is_empty() || kept > 0 {
+            tracing::info!(
+                openvpn_ended = stale.len(),
+                wireguard_kept = kept,
+                "sessions from an earlier boot"
+            );
+        }
+        Ok(())
+    }
+
     fn table(&self) -> &str {
         &self.config.nftables.table
     }
@@ -116,6 +152,18 @@ impl Writer {
         for job in jobs {
             match job.work {
                 Work::Status => status.push(job.reply),
+                Work::Reconcile { dry_run } => {
+                    let resp = match self.reconcile(dry_run) {
+                        Ok(report) => Response::Reconciled(report),
+                        Err(e) => {
+                            tracing::error!(error = %e, "reconcile failed");
+                            Response::Failed {
+                                reason: e.to_string(),
+                            }
+                        }
+                    };
+                    let _ = job.reply.send(resp);
+                }
                 Work::Event(ev) => match self.prepare(&ev) {
                     Ok(edit) => pending.push((edit, ev, job.reply)),
                     Err(r) => answer_rejection(&ev, r, &job.reply),
@@ -346,8 +394,9 @@ impl Writer {
         Ok(sets)
     }
 
-    /// Makes the kernel sets equal to the live sessions, in one batch.
-    pub fn reconcile(&mut self) -> Result<Summary, WriterError> {
+    /// Makes the kernel sets equal to the live sessions, in one batch. A dry run
+    /// reports the same plan and changes nothing (not even missing sets).
+    pub fn reconcile(&mut self, dry_run: bool) -> Result<ReconcileReport, WriterError> {
         let started = Instant::now();
         let table = self.table().to_string();
         let sets = self.managed_sets()?;
@@ -374,7 +423,7 @@ impl Writer {
                 ),
             }
         }
-        if !to_create.is_empty() {
+        if !to_create.is_empty() && !dry_run {
             self.nft.create(&table, &to_create)?;
         }
         let mut actual = Actual::new();
@@ -401,16 +450,37 @@ impl Writer {
         let mut desired = self.ledger.desired();
         desired.retain(|e, _| actual.contains_key(&e.set));
         let plan = reconcile::diff(&desired, &actual);
-        if !plan.is_empty() {
-            self.nft.apply(&table, &plan)?;
-        }
-        self.store.add_managed_sets(&usable)?;
-        self.ready_sets = usable.into_iter().map(|(s, _)| s).collect();
         let summary = Summary {
             sets: actual.len(),
             added: plan.adds.len(),
             deleted: plan.dels.len(),
         };
+        let report = ReconcileReport {
+            dry_run,
+            summary,
+            adds: plan
+                .adds
+                .iter()
+                .map(|a| ElemRef {
+                    set: a.set.clone(),
+                    addr: a.addr,
+                })
+                .collect(),
+            dels: plan.dels.clone(),
+        };
+        if dry_run {
+            tracing::info!(
+                would_add = summary.added,
+                would_delete = summary.deleted,
+                "reconcile dry run"
+            );
+            return Ok(report);
+        }
+        if !plan.is_empty() {
+            self.nft.apply(&table, &plan)?;
+        }
+        self.store.add_managed_sets(&usable)?;
+        self.ready_sets = usable.into_iter().map(|(s, _)| s).collect();
         tracing::info!(
             sets = summary.sets,
             sessions = self.ledger.len(),
@@ -425,7 +495,7 @@ impl Writer {
         for a in plan.adds.iter().take(20) {
             tracing::info!(set = %a.set, addr = %a.addr, "reconcile restored missing element");
         }
-        Ok(summary)
+        Ok(report)
     }
 
     fn status(&mut self) -> Response {
