@@ -269,7 +269,8 @@ impl Ledger {
                 _ => {}
             }
         }
-        plan.adds.sort_by(|a, b| (&a.set, a.addr).cmp(&(&b.set, b.addr)));
+        plan.adds
+            .sort_by(|a, b| (&a.set, a.addr).cmp(&(&b.set, b.addr)));
         plan.dels.sort();
         (changes, plan)
     }
@@ -333,13 +334,19 @@ mod tests {
         let mut l = Ledger::default();
         let s = sess("staff", "c1", Some("10.0.0.1"), Some("fd00::1"));
         let (_, p) = l.apply_all(vec![Edit::Connect(s.clone())]);
-        assert_eq!(adds(&p), vec![e("staff_v4", "10.0.0.1"), e("staff_v6", "fd00::1")]);
+        assert_eq!(
+            adds(&p),
+            vec![e("staff_v4", "10.0.0.1"), e("staff_v6", "fd00::1")]
+        );
         assert!(p.dels.is_empty());
         assert!(p.adds[0].comment.contains("alice@example.org"));
         let (c, p) = l.apply_all(vec![Edit::Disconnect(s.key())]);
         assert_eq!(c, vec![Change::Removed(s)]);
         assert!(p.adds.is_empty());
-        assert_eq!(p.dels, vec![e("staff_v4", "10.0.0.1"), e("staff_v6", "fd00::1")]);
+        assert_eq!(
+            p.dels,
+            vec![e("staff_v4", "10.0.0.1"), e("staff_v6", "fd00::1")]
+        );
         assert!(l.is_empty());
     }
 
@@ -350,7 +357,10 @@ mod tests {
         let b = sess("staff", "new", Some("10.0.0.5"), None);
         l.apply_all(vec![Edit::Connect(a.clone()), Edit::Connect(b.clone())]);
         let (_, p) = l.apply_all(vec![Edit::Disconnect(a.key())]);
-        assert!(p.is_empty(), "old session's disconnect must not evict: {p:?}");
+        assert!(
+            p.is_empty(),
+            "old session's disconnect must not evict: {p:?}"
+        );
         assert!(l.holds(&e("staff_v4", "10.0.0.5")));
         let (_, p) = l.apply_all(vec![Edit::Disconnect(b.key())]);
         assert_eq!(p.dels, vec![e("staff_v4", "10.0.0.5")]);
