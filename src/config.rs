@@ -44,8 +44,18 @@ pub struct Config {
     pub server: ServerConfig,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    #[serde(default)]
+    pub portal: PortalConfig,
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PortalConfig {
+    /// vpn-user-portal's SQLite database, read-only, cross-checked at reconcile.
+    /// Unset: the store alone is the truth.
+    pub database: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]

@@ -12,6 +12,7 @@ pub mod error;
 pub mod event;
 pub mod nft;
 pub mod paths;
+pub mod portal;
 pub mod protocol;
 pub mod reconcile;
 pub mod session;

@@ -195,6 +195,12 @@ fn reconcile(dry_run: bool, json: bool, socket: Option<PathBuf>, config: &Path) 
     for a in &report.adds {
         println!("{verb}add {} to {}", a.addr, a.set);
     }
+    if report.summary.portal_ended + report.summary.portal_recovered > 0 {
+        println!(
+            "portal database: {verb}end {} WireGuard sessions, {verb}recover {}",
+            report.summary.portal_ended, report.summary.portal_recovered
+        );
+    }
     println!(
         "{} sets checked: {verb}add {}, {verb}delete {}{}",
         report.summary.sets,

@@ -84,6 +84,10 @@ pub struct Summary {
     pub sets: usize,
     pub added: usize,
     pub deleted: usize,
+    /// WireGuard sessions ended because their peer left the portal's database.
+    pub portal_ended: usize,
+    /// WireGuard sessions started from the portal's database (lost connect events).
+    pub portal_recovered: usize,
 }
 
 #[cfg(test)]

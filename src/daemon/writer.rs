@@ -13,6 +13,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::config::Config;
 use crate::event::{Event, EventKind, Proto};
 use crate::nft::{Family, KeyType, Nft, NftError, SetSpec};
+use crate::portal;
 use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
 use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
 use crate::session::{Change, Edit, Ledger, Session, SessionKey};
@@ -351,6 +352,87 @@ impl Writer {
         Ok(())
     }
 
+    /// Ledger and store only; the caller's reconcile brings the kernel along.
+    fn commit_sessions(&mut self, edits: Vec<Edit>) -> Result<(), WriterError> {
+        if edits.is_empty() {
+            return Ok(());
+        }
+        let (changes, _plan) = self.ledger.apply_all(edits);
+        let result = (|| {
+            let txn = self.store.begin()?;
+            for c in &changes {
+                let key = match c {
+                    Change::Inserted(k) => k.clone(),
+                    Change::Replaced(old) | Change::Removed(old) => old.key(),
+                    Change::Unchanged(_) | Change::Unknown(_) => continue,
+                };
+                match self.ledger.get(&key) {
+                    Some(s) => txn.upsert(s)?,
+                    None => txn.delete(&key)?,
+                }
+            }
+            txn.commit()
+        })();
+        if let Err(e) = result {
+            self.ledger.undo_all(changes);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// `[portal] database`: end WireGuard sessions whose peer is gone or expired, and
+    /// start sessions for peers whose connect event never reached vpnfw.
+    fn portal_edits(&self) -> Vec<Edit> {
+        let Some(path) = &self.config.portal.database else {
+            return Vec::new();
+        };
+        let (peers, skipped) = match portal::live_peers(path, unix_now()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "portal database unusable; reconciling against the store alone");
+                return Vec::new();
+            }
+        };
+        if skipped > 0 {
+            tracing::warn!(rows = skipped, "skipped wg_peers rows vpnfw cannot use");
+        }
+        let mut edits = Vec::new();
+        for s in self.ledger.sessions() {
+            if s.proto == Proto::WireGuard && !peers.contains_key(&s.key()) {
+                tracing::info!(profile = %s.profile, conn_id = %s.conn_id, user = %s.user_id, "ending WireGuard session: its peer is gone from the portal");
+                edits.push(Edit::Disconnect(s.key()));
+            }
+        }
+        for (key, peer) in peers {
+            if self.ledger.get(&key).is_some() {
+                continue;
+            }
+            let sets = self.config.sets_for(&peer.profile);
+            let outside = [peer.ip4.map(IpAddr::V4), peer.ip6.map(IpAddr::V6)]
+                .into_iter()
+                .flatten()
+                .find(|a| !sets.admits(*a));
+            if let Some(addr) = outside {
+                tracing::warn!(profile = %peer.profile, conn_id = %peer.public_key, %addr, "portal peer outside its profile's prefixes; not recovered");
+                continue;
+            }
+            tracing::info!(profile = %peer.profile, conn_id = %peer.public_key, user = %peer.user_id, "recovering WireGuard session from the portal");
+            edits.push(Edit::Connect(Session {
+                profile: peer.profile,
+                conn_id: peer.public_key,
+                user_id: peer.user_id,
+                proto: Proto::WireGuard,
+                ip4: peer.ip4,
+                ip6: peer.ip6,
+                set4: sets.set4,
+                set6: sets.set6,
+                since: unix_now(),
+                boot_id: self.boot_id.clone(),
+            }));
+        }
+        edits
+    }
+
     /// Best effort after a failed store commit: put the touched elements back.
     fn revert_kernel(&mut self, plan: &Plan) {
         let mut undo = Plan::default();
@@ -375,7 +457,7 @@ impl Writer {
 
     /// Every set reconcile looks after: configured, recorded in the store, and named by
     /// a live session.
-    fn managed_sets(&self) -> Result<BTreeMap<String, Family>, WriterError> {
+    fn managed_sets(&self, ledger: &Ledger) -> Result<BTreeMap<String, Family>, WriterError> {
         let mut sets: BTreeMap<String, Family> = BTreeMap::new();
         for (name, fam) in self.config.configured_sets() {
             sets.insert(name, fam);
@@ -383,7 +465,7 @@ impl Writer {
         for (name, fam) in self.store.managed_sets()? {
             sets.entry(name).or_insert(fam);
         }
-        for s in self.ledger.sessions() {
+        for s in ledger.sessions() {
             if s.ip4.is_some() {
                 sets.entry(s.set4.clone()).or_insert(Family::V4);
             }
@@ -399,7 +481,18 @@ impl Writer {
     pub fn reconcile(&mut self, dry_run: bool) -> Result<ReconcileReport, WriterError> {
         let started = Instant::now();
         let table = self.table().to_string();
-        let sets = self.managed_sets()?;
+        let portal = self.portal_edits();
+        let (ended, recovered) = count_edits(&portal);
+        // A dry run plays the portal's corrections on a copy; a real run commits them
+        // to the store now and lets the diff below carry them into the kernel.
+        let (sets, mut desired) = if dry_run {
+            let mut scratch = self.ledger.clone();
+            scratch.apply_all(portal);
+            (self.managed_sets(&scratch)?, scratch.desired())
+        } else {
+            self.commit_sessions(portal)?;
+            (self.managed_sets(&self.ledger)?, self.ledger.desired())
+        };
         let existing = self.nft.list_sets(&table)?.unwrap_or_default();
         let mut to_create = Vec::new();
         let mut usable: Vec<(String, Family)> = Vec::new();
@@ -447,13 +540,14 @@ impl Writer {
             };
             actual.insert(name.clone(), addrs);
         }
-        let mut desired = self.ledger.desired();
         desired.retain(|e, _| actual.contains_key(&e.set));
         let plan = reconcile::diff(&desired, &actual);
         let summary = Summary {
             sets: actual.len(),
             added: plan.adds.len(),
             deleted: plan.dels.len(),
+            portal_ended: ended,
+            portal_recovered: recovered,
         };
         let report = ReconcileReport {
             dry_run,
@@ -486,6 +580,8 @@ impl Writer {
             sessions = self.ledger.len(),
             added = summary.added,
             deleted = summary.deleted,
+            portal_ended = summary.portal_ended,
+            portal_recovered = summary.portal_recovered,
             ms = started.elapsed().as_millis() as u64,
             "reconciled"
         );
@@ -502,7 +598,7 @@ impl Writer {
         let mut sessions: Vec<Session> = self.ledger.sessions().cloned().collect();
         sessions.sort_by(|a, b| (&a.profile, &a.conn_id).cmp(&(&b.profile, &b.conn_id)));
         let table = self.table().to_string();
-        let sets = match self.managed_sets() {
+        let sets = match self.managed_sets(&self.ledger) {
             Ok(s) => s,
             Err(e) => {
                 return Response::Failed {
@@ -562,6 +658,14 @@ fn check_type(table: &str, set: &str, family: Family, key: KeyType) -> Result<()
         found,
         expected: family.nft_type(),
     })
+}
+
+fn count_edits(edits: &[Edit]) -> (usize, usize) {
+    let ended = edits
+        .iter()
+        .filter(|e| matches!(e, Edit::Disconnect(_)))
+        .count();
+    (ended, edits.len() - ended)
 }
 
 fn unix_now() -> i64 {
