@@ -182,7 +182,7 @@ impl ProfileSets {
 fn valid_object_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
@@ -211,7 +211,7 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         if !valid_object_name(&self.nftables.table) {
             return Err(format!(
-                "[nftables] table = {:?} is not a valid nft table name (letters, digits, _ and -, starting with a letter)",
+                "[nftables] table = {:?} is not a valid nft table name (letters, digits, _ and -, at most 64 bytes)",
                 self.nftables.table
             ));
         }
