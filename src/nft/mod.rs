@@ -4,10 +4,17 @@
 //! types. One `Nft` owns one netlink socket for its whole life: closing a socket after
 //! deletes costs the kernel 9–40 ms (DESIGN.md §3), so the daemon never does.
 
-use std::io;
-use std::net::IpAddr;
+mod msg;
+mod socket;
 
-use crate::reconcile::Plan;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{CString, c_int};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::reconcile::{ElemRef, Plan};
+use msg::{ELEMS_PER_MSG, Elem, Scratch};
+use socket::NlSocket;
 
 /// The address family a managed set holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,7 +47,10 @@ pub enum KeyType {
     Ipv4Addr,
     Ipv6Addr,
     /// Any other key type (datatype id, key length in bytes).
-    Other { datatype: u32, len: u32 },
+    Other {
+        datatype: u32,
+        len: u32,
+    },
 }
 
 /// A set as it exists in the kernel.
@@ -71,9 +81,13 @@ pub enum NftError {
     Send(#[source] io::Error),
     #[error("cannot read the nftables netlink reply: {0}")]
     Recv(#[source] io::Error),
-    #[error("table inet {table} not found: declare it in your ruleset or set [nftables] create = true")]
+    #[error(
+        "table inet {table} not found: declare it in your ruleset or set [nftables] create = true"
+    )]
     TableMissing { table: String },
-    #[error("set inet {table} {set} not found: declare it in your ruleset or set [nftables] create = true")]
+    #[error(
+        "set inet {table} {set} not found: declare it in your ruleset or set [nftables] create = true"
+    )]
     SetMissing { table: String, set: String },
     #[error("nftables refused {what}: {source}")]
     Kernel {
@@ -84,36 +98,270 @@ pub enum NftError {
     },
     #[error("malformed nftables netlink reply: {0}")]
     Parse(String),
+    #[error("name {0:?} cannot be sent to nftables (contains NUL)")]
+    BadName(String),
+}
+
+/// Which way an element leaves a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeleteMsg {
+    /// NFT_MSG_DESTROYSETELEM (kernel ≥ 6.3): absent elements are not an error.
+    Destroy,
+    /// NFT_MSG_DELSETELEM: an absent element aborts the batch with ENOENT, so vpnfw
+    /// dumps the affected sets and retries without the absent ones.
+    Delete,
 }
 
 /// One open netlink socket to nf_tables, for family `inet`.
 pub struct Nft {
-    _private: (),
+    sock: NlSocket,
+    scratch: Scratch,
+    seq: u32,
+    delete: DeleteMsg,
+    /// Set facts learnt from the kernel, per (table, set): interval or not.
+    sets: HashMap<(String, String), SetInfo>,
+    /// Netlink batches sent (benchmarks and tests read it).
+    batches: u64,
+}
+
+/// One message of a batch, described in domain words for error messages.
+struct Step {
+    seq: u32,
+    what: String,
+    is_delete: bool,
 }
 
 impl Nft {
     /// Opens the netlink socket (needs CAP_NET_ADMIN in the current network namespace).
     pub fn open() -> Result<Nft, NftError> {
-        todo!()
+        let sock = NlSocket::open().map_err(NftError::Open)?;
+        let delete = if kernel_has_destroy() {
+            DeleteMsg::Destroy
+        } else {
+            DeleteMsg::Delete
+        };
+        Ok(Nft {
+            sock,
+            scratch: Scratch::new(),
+            seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(1),
+            delete,
+            sets: HashMap::new(),
+            batches: 0,
+        })
+    }
+
+    /// Uses DELSETELEM and its ENOENT fallback even on kernels with DESTROYSETELEM, as
+    /// on Debian 12's 6.1 and EL9's 5.14 (tests exercise that path with it).
+    #[doc(hidden)]
+    pub fn force_legacy_delete(&mut self) {
+        self.delete = DeleteMsg::Delete;
+    }
+
+    /// Netlink port id of this socket: notifications caused by it carry this id.
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
+    /// Netlink batches sent so far.
+    pub fn batches(&self) -> u64 {
+        self.batches
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
     }
 
     /// Lists the sets of `inet <table>`. `Ok(None)` when the table does not exist.
     pub fn list_sets(&mut self, table: &str) -> Result<Option<Vec<SetInfo>>, NftError> {
-        let _ = table;
-        todo!()
+        let ctable = cname(table)?;
+        let seq = self.next_seq();
+        let req = msg::get_sets(&mut self.scratch, seq, &ctable)
+            .ok_or_else(|| NftError::Parse("cannot allocate a set message".into()))?;
+        let mut found: Vec<SetInfo> = Vec::new();
+        let mut bad = false;
+        let result = self.sock.dump(
+            &req,
+            seq,
+            |nlh| {
+                // SAFETY: `dump` hands over complete, aligned messages of this dump.
+                match unsafe { msg::parse_set(nlh) } {
+                    Some(p) if p.table == table => found.push(SetInfo {
+                        name: p.name,
+                        key: p.key,
+                        interval: p.flags & libc::NFT_SET_INTERVAL as u32 != 0,
+                    }),
+                    Some(_) => {}
+                    None => bad = true,
+                }
+            },
+            || {},
+        );
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.sets.retain(|(t, _), _| t != table);
+                return Ok(None);
+            }
+            Err(e) => return Err(NftError::Recv(e)),
+        }
+        if bad {
+            return Err(NftError::Parse(
+                "a set in the GETSET dump did not parse".into(),
+            ));
+        }
+        self.sets.retain(|(t, _), _| t != table);
+        for info in &found {
+            self.sets
+                .insert((table.to_string(), info.name.clone()), info.clone());
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Some(found))
     }
 
     /// Creates `inet <table>` and the given sets when missing, in one batch.
     /// Existing objects are left as they are (no NLM_F_EXCL), so this is idempotent.
     pub fn create(&mut self, table: &str, sets: &[SetSpec]) -> Result<(), NftError> {
-        let _ = (table, sets);
-        todo!()
+        let ctable = cname(table)?;
+        let mut out = Vec::new();
+        let mut steps = Vec::new();
+        let begin = self.next_seq();
+        msg::batch_begin(&mut self.scratch, &mut out, begin);
+        let seq = self.next_seq();
+        if !msg::new_table(&mut self.scratch, &mut out, seq, &ctable) {
+            return Err(NftError::Parse("cannot allocate a table message".into()));
+        }
+        steps.push(Step {
+            seq,
+            what: format!("creating table inet {table}"),
+            is_delete: false,
+        });
+        for (i, spec) in sets.iter().enumerate() {
+            let cset = cname(&spec.name)?;
+            let seq = self.next_seq();
+            if !msg::new_set(
+                &mut self.scratch,
+                &mut out,
+                seq,
+                &ctable,
+                &cset,
+                spec.family,
+                i as u32 + 1,
+            ) {
+                return Err(NftError::Parse("cannot allocate a set message".into()));
+            }
+            steps.push(Step {
+                seq,
+                what: format!(
+                    "creating set inet {table} {} (type {}; a set of that name with another type exists?)",
+                    spec.name,
+                    spec.family.nft_type()
+                ),
+                is_delete: false,
+            });
+        }
+        let end = self.next_seq();
+        msg::batch_end(&mut self.scratch, &mut out, end);
+        self.send_batch(&out, &steps).map_err(|(e, _)| e)?;
+        // Cache only what the kernel confirms: the next lookup re-reads sets that
+        // already existed (they may be interval sets).
+        for spec in sets {
+            self.sets.remove(&(table.to_string(), spec.name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Sends one batch; on failure returns the error for the first failing message
+    /// and whether every failure was ENOENT on a delete.
+    fn send_batch(&mut self, out: &[u8], steps: &[Step]) -> Result<(), (NftError, bool)> {
+        let seqs: Vec<u32> = steps.iter().map(|s| s.seq).collect();
+        self.batches += 1;
+        let errors = self
+            .sock
+            .batch(out, &seqs)
+            .map_err(|e| (NftError::Send(e), false))?;
+        let Some((&seq, &errno)) = errors.iter().next() else {
+            return Ok(());
+        };
+        let only_absent_deletes = errors.iter().all(|(s, e)| {
+            *e == libc::ENOENT && steps.iter().any(|st| st.seq == *s && st.is_delete)
+        });
+        let what = steps
+            .iter()
+            .find(|s| s.seq == seq)
+            .map(|s| s.what.clone())
+            .unwrap_or_else(|| "the batch".to_string());
+        Err((
+            NftError::Kernel {
+                what,
+                source: io::Error::from_raw_os_error(errno),
+            },
+            only_absent_deletes,
+        ))
+    }
+
+    /// The facts about one set, from the cache or the kernel.
+    fn set_info(&mut self, table: &str, set: &str) -> Result<SetInfo, NftError> {
+        let key = (table.to_string(), set.to_string());
+        if let Some(info) = self.sets.get(&key) {
+            return Ok(info.clone());
+        }
+        match self.list_sets(table)? {
+            None => Err(NftError::TableMissing {
+                table: table.into(),
+            }),
+            Some(_) => self
+                .sets
+                .get(&key)
+                .cloned()
+                .ok_or_else(|| NftError::SetMissing {
+                    table: table.into(),
+                    set: set.into(),
+                }),
+        }
     }
 
     /// Reads every element of one set.
     pub fn dump_set(&mut self, table: &str, set: &SetInfo) -> Result<SetContents, NftError> {
-        let _ = (table, set);
-        todo!()
+        let ctable = cname(table)?;
+        let cset = cname(&set.name)?;
+        let seq = self.next_seq();
+        let req = msg::get_set_elems(&mut self.scratch, seq, &ctable, &cset)
+            .ok_or_else(|| NftError::Parse("cannot allocate a set message".into()))?;
+        let mut raw = Vec::new();
+        let mut bad = false;
+        let result = self.sock.dump(
+            &req,
+            seq,
+            |nlh| {
+                // SAFETY: `dump` hands over complete, aligned messages of this dump.
+                if !unsafe { msg::parse_elems(nlh, &mut raw) } {
+                    bad = true;
+                }
+            },
+            || {},
+        );
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.sets.remove(&(table.to_string(), set.name.clone()));
+                return Err(NftError::SetMissing {
+                    table: table.into(),
+                    set: set.name.clone(),
+                });
+            }
+            Err(e) => return Err(NftError::Recv(e)),
+        }
+        if bad {
+            return Err(NftError::Parse(format!(
+                "an element dump of set {} did not parse",
+                set.name
+            )));
+        }
+        contents_from(&raw, set.interval)
     }
 
     /// Applies the whole plan as one atomic netlink batch and checks every ACK.
@@ -122,7 +370,342 @@ impl Nft {
     /// not an error. Interval sets get start/end pairs. Either everything in the plan
     /// is in the kernel afterwards, or nothing changed and an error is returned.
     pub fn apply(&mut self, table: &str, plan: &Plan) -> Result<(), NftError> {
-        let _ = (table, plan);
-        todo!()
+        if plan.is_empty() {
+            return Ok(());
+        }
+        match self.apply_once(table, plan) {
+            Ok(()) => Ok(()),
+            Err((_, true)) if self.delete == DeleteMsg::Delete => {
+                // DELSETELEM of an absent element aborted the batch: keep only the
+                // deletes of elements that are there, and try once more.
+                let present = self.present(table, &plan.dels)?;
+                let retry = Plan {
+                    adds: plan.adds.clone(),
+                    dels: plan
+                        .dels
+                        .iter()
+                        .filter(|d| present.contains(*d))
+                        .cloned()
+                        .collect(),
+                };
+                if retry.is_empty() {
+                    return Ok(());
+                }
+                self.apply_once(table, &retry).map_err(|(e, _)| e)
+            }
+            Err((e, _)) => Err(e),
+        }
+    }
+
+    /// Which of these elements the kernel holds (one dump per set involved).
+    fn present(&mut self, table: &str, elems: &[ElemRef]) -> Result<BTreeSet<ElemRef>, NftError> {
+        let sets: BTreeSet<&str> = elems.iter().map(|e| e.set.as_str()).collect();
+        let mut out = BTreeSet::new();
+        for set in sets {
+            let info = self.set_info(table, set)?;
+            let contents = self.dump_set(table, &info)?;
+            for addr in contents.addrs {
+                out.insert(ElemRef {
+                    set: set.to_string(),
+                    addr,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn apply_once(&mut self, table: &str, plan: &Plan) -> Result<(), (NftError, bool)> {
+        let ctable = cname(table).map_err(|e| (e, false))?;
+        // Group per set, deletes before adds.
+        let mut dels: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
+        for d in &plan.dels {
+            dels.entry(d.set.as_str()).or_default().push(d.addr);
+        }
+        let mut adds: BTreeMap<&str, Vec<(IpAddr, &str)>> = BTreeMap::new();
+        for a in &plan.adds {
+            adds.entry(a.set.as_str())
+                .or_default()
+                .push((a.addr, a.comment.as_str()));
+        }
+        let mut interval: HashMap<String, bool> = HashMap::new();
+        for set in dels.keys().chain(adds.keys()) {
+            if !interval.contains_key(*set) {
+                let info = self.set_info(table, set).map_err(|e| (e, false))?;
+                interval.insert(set.to_string(), info.interval);
+            }
+        }
+        let delete_type: c_int = match self.delete {
+            DeleteMsg::Destroy => msg::NFT_MSG_DESTROYSETELEM,
+            DeleteMsg::Delete => libc::NFT_MSG_DELSETELEM,
+        };
+        let mut out = Vec::with_capacity(64 * (plan.adds.len() + plan.dels.len()) + 64);
+        let mut steps = Vec::new();
+        let begin = self.next_seq();
+        msg::batch_begin(&mut self.scratch, &mut out, begin);
+        for (set, addrs) in &dels {
+            let elems = wire_elems(addrs.iter().map(|a| (*a, None)), interval[*set]);
+            self.push_elems(
+                &mut out,
+                &mut steps,
+                delete_type,
+                &ctable,
+                set,
+                &elems,
+                "delete",
+                "from",
+            )?;
+        }
+        for (set, addrs) in &adds {
+            let elems = wire_elems(addrs.iter().map(|(a, c)| (*a, Some(*c))), interval[*set]);
+            self.push_elems(
+                &mut out,
+                &mut steps,
+                libc::NFT_MSG_NEWSETELEM,
+                &ctable,
+                set,
+                &elems,
+                "add",
+                "to",
+            )?;
+        }
+        let end = self.next_seq();
+        msg::batch_end(&mut self.scratch, &mut out, end);
+        let result = self.send_batch(&out, &steps);
+        if result.is_err() {
+            // A set may have vanished under us: look again next time.
+            self.sets.retain(|(t, _), _| t != table);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn push_elems(
+        &mut self,
+        out: &mut Vec<u8>,
+        steps: &mut Vec<Step>,
+        msg_type: c_int,
+        ctable: &CString,
+        set: &str,
+        elems: &[Elem<'_>],
+        verb: &str,
+        prep: &str,
+    ) -> Result<(), (NftError, bool)> {
+        let cset = cname(set).map_err(|e| (e, false))?;
+        for chunk in elems.chunks(ELEMS_PER_MSG) {
+            let seq = self.next_seq();
+            if !msg::set_elems(&mut self.scratch, out, seq, msg_type, ctable, &cset, chunk) {
+                return Err((
+                    NftError::Parse("cannot allocate an element message".into()),
+                    false,
+                ));
+            }
+            let first = chunk
+                .first()
+                .map(|e| e.addr.to_string())
+                .unwrap_or_default();
+            let what = if chunk.len() == 1 {
+                format!("{verb} {first} {prep} set {set}")
+            } else {
+                format!(
+                    "{verb} {} elements (first {first}) {prep} set {set}",
+                    chunk.len()
+                )
+            };
+            steps.push(Step {
+                seq,
+                what,
+                is_delete: msg_type != libc::NFT_MSG_NEWSETELEM,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn cname(s: &str) -> Result<CString, NftError> {
+    msg::cstring(s).ok_or_else(|| NftError::BadName(s.to_string()))
+}
+
+/// Single addresses as wire elements: in interval sets a start plus an end element
+/// one past it (none after the family's last address, as `nft` does).
+fn wire_elems<'a>(
+    addrs: impl Iterator<Item = (IpAddr, Option<&'a str>)>,
+    interval: bool,
+) -> Vec<Elem<'a>> {
+    let mut out = Vec::new();
+    for (addr, comment) in addrs {
+        out.push(Elem {
+            addr,
+            interval_end: false,
+            comment,
+        });
+        if let Some(next) = successor(addr).filter(|_| interval) {
+            out.push(Elem {
+                addr: next,
+                interval_end: true,
+                comment: None,
+            });
+        }
+    }
+    out
+}
+
+fn successor(addr: IpAddr) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) => u32::from(a)
+            .checked_add(1)
+            .map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+        IpAddr::V6(a) => u128::from(a)
+            .checked_add(1)
+            .map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+    }
+}
+
+fn predecessor(addr: IpAddr) -> Option<IpAddr> {
+    match addr {
+        IpAddr::V4(a) => u32::from(a)
+            .checked_sub(1)
+            .map(|n| IpAddr::V4(Ipv4Addr::from(n))),
+        IpAddr::V6(a) => u128::from(a)
+            .checked_sub(1)
+            .map(|n| IpAddr::V6(Ipv6Addr::from(n))),
+    }
+}
+
+fn addr_of(key: &[u8]) -> Option<IpAddr> {
+    match key.len() {
+        4 => <[u8; 4]>::try_from(key)
+            .ok()
+            .map(|k| IpAddr::V4(Ipv4Addr::from(k))),
+        16 => <[u8; 16]>::try_from(key)
+            .ok()
+            .map(|k| IpAddr::V6(Ipv6Addr::from(k))),
+        _ => None,
+    }
+}
+
+fn last_addr(like: IpAddr) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::BROADCAST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+    }
+}
+
+/// Turns dumped elements into addresses and ranges. In interval sets, each start
+/// element runs to the next end element (exclusive); a start with no end runs to the
+/// family's last address. At equal keys an end sorts before a start, so adjacent
+/// single addresses (`[a, a+1)`, `[a+1, a+2)`) come out as two addresses.
+fn contents_from(raw: &[msg::RawElem], interval: bool) -> Result<SetContents, NftError> {
+    let mut elems = Vec::with_capacity(raw.len());
+    for r in raw {
+        let addr = addr_of(&r.key)
+            .ok_or_else(|| NftError::Parse(format!("element key of {} bytes", r.key.len())))?;
+        elems.push((addr, r.interval_end));
+    }
+    let mut out = SetContents::default();
+    if !interval {
+        out.addrs = elems.into_iter().map(|(a, _)| a).collect();
+        out.addrs.sort();
+        return Ok(out);
+    }
+    // (addr, end?) with ends first at equal addresses.
+    elems.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut open: Option<IpAddr> = None;
+    for (addr, is_end) in elems {
+        match (is_end, open) {
+            (false, None) => open = Some(addr),
+            (false, Some(start)) => {
+                // A start with no end before the next start: the kernel never reports
+                // this for well-formed sets; treat the first as reaching up to here.
+                if let Some(last) = predecessor(addr) {
+                    push_range(&mut out, start, last);
+                }
+                open = Some(addr);
+            }
+            (true, Some(start)) => {
+                if let Some(last) = predecessor(addr) {
+                    push_range(&mut out, start, last);
+                }
+                open = None;
+            }
+            // The end of the interval holding 0.0.0.0 … (nft emits no start there), or
+            // an end we already closed: nothing to report.
+            (true, None) => {}
+        }
+    }
+    if let Some(start) = open {
+        push_range(&mut out, start, last_addr(start));
+    }
+    Ok(out)
+}
+
+fn push_range(out: &mut SetContents, first: IpAddr, last: IpAddr) {
+    if first == last {
+        out.addrs.push(first);
+    } else {
+        out.ranges.push((first, last));
+    }
+}
+
+/// NFT_MSG_DESTROYSETELEM arrived in Linux 6.3.
+fn kernel_has_destroy() -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor) >= (6, 3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(addr: &str, end: bool) -> msg::RawElem {
+        let a: IpAddr = addr.parse().expect("addr");
+        let key = match a {
+            IpAddr::V4(v) => v.octets().to_vec(),
+            IpAddr::V6(v) => v.octets().to_vec(),
+        };
+        msg::RawElem {
+            key,
+            interval_end: end,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("addr")
+    }
+
+    #[test]
+    fn interval_dump_with_adjacent_singles_and_a_range() {
+        // Kernel dump order is not ascending; contents_from sorts.
+        let r = vec![
+            raw("10.0.0.3", true),
+            raw("10.0.0.2", false),
+            raw("10.0.0.2", true),
+            raw("10.0.0.1", false),
+            raw("10.1.0.0", false),
+            raw("10.1.1.0", true),
+            raw("255.255.255.255", false),
+        ];
+        let c = contents_from(&r, true).expect("parse");
+        assert_eq!(
+            c.addrs,
+            vec![ip("10.0.0.1"), ip("10.0.0.2"), ip("255.255.255.255")]
+        );
+        assert_eq!(c.ranges, vec![(ip("10.1.0.0"), ip("10.1.0.255"))]);
+    }
+
+    #[test]
+    fn interval_elements_for_single_addresses() {
+        let e = wire_elems([(ip("10.0.0.1"), Some("c"))].into_iter(), true);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[1].addr, ip("10.0.0.2"));
+        assert!(e[1].interval_end && !e[0].interval_end);
+        let e = wire_elems([(ip("255.255.255.255"), None)].into_iter(), true);
+        assert_eq!(e.len(), 1, "no end element after the last address");
+        let e = wire_elems([(ip("fd00::1"), None)].into_iter(), false);
+        assert_eq!(e.len(), 1);
     }
 }

@@ -1,0 +1,297 @@
+//! One netlink socket to nf_tables: send a batch and collect every ACK, or run a dump.
+//!
+//! nfnetlink processes a batch synchronously inside `sendmsg`, so by the time the send
+//! returns every ACK and error is already queued on our socket; they are drained
+//! without blocking, the way `nft` does it.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// Receive buffer: aligned for `nlmsghdr` (DESIGN.md: a `Vec<u8>` is not).
+const RECV_BYTES: usize = 1 << 20;
+/// Kernel receive buffer: room for the ACKs of a large batch and big dump replies.
+const SO_RCVBUF_BYTES: usize = 16 << 20;
+/// How long to wait for a reply the kernel owes us before giving up.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
+const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
+const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
+
+/// One message in the receive buffer.
+#[derive(Debug, Clone, Copy)]
+struct MsgRef {
+    offset: usize,
+    len: usize,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+}
+
+pub struct NlSocket {
+    sock: mnl::Socket,
+    buf: Vec<u64>,
+    sndbuf: usize,
+}
+
+// SAFETY: the mnl socket is a heap object plus a file descriptor owned only by this
+// struct; nothing in it is tied to the thread that created it. It is moved to the
+// writer thread once and used from there alone (the type is not Sync).
+unsafe impl Send for NlSocket {}
+
+/// What the kernel answered to a batch: the errno of every message that failed.
+pub type BatchErrors = BTreeMap<u32, i32>;
+
+impl NlSocket {
+    pub fn open() -> io::Result<NlSocket> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
+        let mut s = NlSocket {
+            sock,
+            buf: vec![0u64; RECV_BYTES / 8],
+            sndbuf: 0,
+        };
+        s.grow_buffer(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SO_RCVBUF_BYTES);
+        // ACKs carry only the failing message's header, not its whole payload.
+        let one: libc::c_int = 1;
+        setsockopt(s.fd(), libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, one);
+        Ok(s)
+    }
+
+    fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
+    /// SO_*BUFFORCE needs CAP_NET_ADMIN (which the daemon has); fall back to the
+    /// capped variant otherwise.
+    fn grow_buffer(&mut self, force: libc::c_int, plain: libc::c_int, bytes: usize) {
+        let val = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        if !setsockopt(self.fd(), libc::SOL_SOCKET, force, val) {
+            setsockopt(self.fd(), libc::SOL_SOCKET, plain, val);
+        }
+    }
+
+    /// Sends a whole batch in ONE sendmsg: nfnetlink rejects a batch split over several
+    /// (EINVAL beyond one 128 KiB page, DESIGN.md §3), so SO_SNDBUF grows to fit.
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let need = bytes.len() + (64 << 10);
+        if need > self.sndbuf {
+            let size = need.next_power_of_two();
+            self.grow_buffer(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, size);
+            self.sndbuf = size;
+        }
+        let sent = self.sock.send(bytes)?;
+        if sent != bytes.len() {
+            return Err(io::Error::other(format!(
+                "short netlink send: {sent} of {} bytes",
+                bytes.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One `recv`; `Ok(None)` when nothing is queued (non-blocking) or the wait timed out.
+    fn recv(&mut self, block: bool) -> io::Result<Option<Vec<MsgRef>>> {
+        let flags = if block { 0 } else { libc::MSG_DONTWAIT };
+        if block {
+            set_rcvtimeo(self.fd(), REPLY_TIMEOUT);
+        }
+        // SAFETY: the buffer is RECV_BYTES long and writable; the kernel writes at
+        // most that many bytes and returns how many it wrote.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                self.buf.as_mut_ptr().cast::<libc::c_void>(),
+                RECV_BYTES,
+                flags,
+            )
+        };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            return match err.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Ok(None),
+                _ => Err(err),
+            };
+        }
+        Ok(Some(self.split(n as usize)))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: viewing the initialised u64 buffer as bytes; same length in bytes.
+        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), RECV_BYTES) }
+    }
+
+    /// Splits `n` received bytes into messages, reading headers with safe code.
+    fn split(&self, n: usize) -> Vec<MsgRef> {
+        let bytes = &self.bytes()[..n.min(RECV_BYTES)];
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + NLMSG_HDRLEN <= bytes.len() {
+            let h = &bytes[off..];
+            let len = u32::from_ne_bytes([h[0], h[1], h[2], h[3]]) as usize;
+            if len < NLMSG_HDRLEN || off + len > bytes.len() {
+                break;
+            }
+            out.push(MsgRef {
+                offset: off,
+                len,
+                ty: u16::from_ne_bytes([h[4], h[5]]),
+                flags: u16::from_ne_bytes([h[6], h[7]]),
+                seq: u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+            });
+            off += (len + 3) & !3;
+        }
+        out
+    }
+
+    /// The errno an NLMSG_ERROR carries (0 for an ACK).
+    fn errno_of(&self, m: &MsgRef) -> i32 {
+        let b = self.bytes();
+        if m.len < NLMSG_HDRLEN + 4 {
+            return libc::EPROTO;
+        }
+        let o = m.offset + NLMSG_HDRLEN;
+        -i32::from_ne_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+    }
+
+    /// Sends a batch and waits for the replies of every sequence number in `acked`.
+    /// Returns the errno of each message that failed; an empty map means the kernel
+    /// acknowledged every message and committed the transaction.
+    pub fn batch(&mut self, bytes: &[u8], acked: &[u32]) -> io::Result<BatchErrors> {
+        // Drop anything stale (a reply to an earlier exchange that timed out).
+        while self.recv(false)?.is_some() {}
+        self.send(bytes)?;
+        let mut pending: std::collections::HashSet<u32> = acked.iter().copied().collect();
+        let mut errors = BatchErrors::new();
+        let mut waited = false;
+        while !pending.is_empty() {
+            let msgs = match self.recv(false)? {
+                Some(m) => m,
+                // Everything queued is read. After an error the kernel may owe no
+                // more replies; otherwise wait once, then call it lost.
+                None if !errors.is_empty() => break,
+                None if !waited => {
+                    waited = true;
+                    match self.recv(true)? {
+                        Some(m) => m,
+                        None => break,
+                    }
+                }
+                None => break,
+            };
+            for m in msgs {
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let errno = self.errno_of(&m);
+                pending.remove(&m.seq);
+                if errno != 0 {
+                    errors.insert(m.seq, errno);
+                }
+            }
+        }
+        if errors.is_empty() && !pending.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the kernel did not acknowledge {} of {} messages; run `vpnfw reconcile`",
+                    pending.len(),
+                    acked.len()
+                ),
+            ));
+        }
+        Ok(errors)
+    }
+
+    /// Runs a dump and hands every reply message to `on_msg`. A dump the kernel marks
+    /// interrupted (the ruleset changed under it) is run again, up to three times.
+    pub fn dump(
+        &mut self,
+        request: &[u8],
+        seq: u32,
+        mut on_msg: impl FnMut(*const libc::nlmsghdr),
+        mut reset: impl FnMut(),
+    ) -> io::Result<()> {
+        for _attempt in 0..3 {
+            while self.recv(false)?.is_some() {}
+            self.send(request)?;
+            let mut interrupted = false;
+            'recv: loop {
+                let Some(msgs) = self.recv(true)? else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no reply to a netlink dump",
+                    ));
+                };
+                for m in msgs {
+                    if m.seq != seq {
+                        continue;
+                    }
+                    if m.flags & NLM_F_DUMP_INTR != 0 {
+                        interrupted = true;
+                    }
+                    match m.ty {
+                        NLMSG_DONE => break 'recv,
+                        NLMSG_ERROR => {
+                            let errno = self.errno_of(&m);
+                            if errno == 0 {
+                                continue;
+                            }
+                            return Err(io::Error::from_raw_os_error(errno));
+                        }
+                        _ => {
+                            // SAFETY: `offset` is a multiple of 4 inside an 8-aligned
+                            // buffer and the message is complete (checked in split).
+                            let p = unsafe { self.buf.as_ptr().cast::<u8>().add(m.offset) };
+                            on_msg(p.cast::<libc::nlmsghdr>());
+                        }
+                    }
+                }
+            }
+            if !interrupted {
+                return Ok(());
+            }
+            reset();
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Interrupted,
+            "the ruleset kept changing during a netlink dump",
+        ))
+    }
+}
+
+fn setsockopt(fd: RawFd, level: libc::c_int, name: libc::c_int, val: libc::c_int) -> bool {
+    // SAFETY: `val` is a live c_int and its size is passed; the kernel only reads it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&val as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+fn set_rcvtimeo(fd: RawFd, d: Duration) {
+    let tv = libc::timeval {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_usec: d.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: `tv` is a live timeval and its size is passed; the kernel only reads it.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+}
