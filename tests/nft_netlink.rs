@@ -1,0 +1,389 @@
+//! The netlink module against the real kernel. Each test runs on its own thread inside
+//! a fresh network namespace (`unshare(CLONE_NEWNET)` is per thread, and the `nft` CLI
+//! spawned from that thread inherits it), so nothing touches the host ruleset and the
+//! namespace disappears with the thread.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::process::Command;
+
+use nix::sched::{CloneFlags, unshare};
+use vpnfw::nft::{Family, KeyType, Nft, NftError, SetSpec};
+use vpnfw::reconcile::{ElemAdd, ElemRef, Plan};
+
+const T: &str = "vpnfw";
+
+fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
+    std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run the tests as root");
+        f();
+    })
+    .join()
+    .expect("test thread panicked");
+}
+
+fn nft(args: &[&str]) -> String {
+    let out = Command::new("nft").args(args).output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Single addresses as `nft -j` lists them (intervals of one address included).
+fn cli_elements(set: &str) -> BTreeSet<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&nft(&["-j", "list", "set", "inet", T, set])).expect("json");
+    let mut out = BTreeSet::new();
+    for item in v["nftables"].as_array().expect("array") {
+        for e in item["set"]["elem"].as_array().into_iter().flatten() {
+            let val = if e.is_string() { e } else { &e["elem"]["val"] };
+            let val = if val.is_null() { e } else { val };
+            if let Some(s) = val.as_str() {
+                out.insert(s.to_string());
+            } else if let Some(r) = val["range"].as_array() {
+                out.insert(format!(
+                    "{}-{}",
+                    r[0].as_str().unwrap_or("?"),
+                    r[1].as_str().unwrap_or("?")
+                ));
+            } else if let Some(p) = val["prefix"].as_object() {
+                out.insert(format!(
+                    "{}/{}",
+                    p["addr"].as_str().unwrap_or("?"),
+                    p["len"]
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn strs(list: &[&str]) -> BTreeSet<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn add(set: &str, addr: &str) -> ElemAdd {
+    ElemAdd {
+        set: set.into(),
+        addr: ip(addr),
+        comment: format!("user=u conn={addr}"),
+    }
+}
+
+fn del(set: &str, addr: &str) -> ElemRef {
+    ElemRef {
+        set: set.into(),
+        addr: ip(addr),
+    }
+}
+
+fn staff_sets(n: &mut Nft) {
+    n.create(
+        T,
+        &[
+            SetSpec {
+                name: "staff_v4".into(),
+                family: Family::V4,
+            },
+            SetSpec {
+                name: "staff_v6".into(),
+                family: Family::V6,
+            },
+        ],
+    )
+    .expect("create");
+}
+
+#[test]
+fn create_is_idempotent_and_list_reports_types() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        assert_eq!(n.list_sets(T).expect("list"), None, "no table yet");
+        staff_sets(&mut n);
+        staff_sets(&mut n);
+        nft(&[
+            "add",
+            "set",
+            "inet",
+            T,
+            "ranges_v4",
+            "{ type ipv4_addr; flags interval; }",
+        ]);
+        let sets = n.list_sets(T).expect("list").expect("table exists");
+        let by_name = |name: &str| sets.iter().find(|s| s.name == name).cloned().expect(name);
+        assert_eq!(by_name("staff_v4").key, KeyType::Ipv4Addr);
+        assert_eq!(by_name("staff_v6").key, KeyType::Ipv6Addr);
+        assert!(!by_name("staff_v4").interval);
+        assert!(by_name("ranges_v4").interval);
+    });
+}
+
+#[test]
+fn create_refuses_a_set_of_another_type() {
+    in_netns(|| {
+        nft(&["add", "table", "inet", T]);
+        nft(&["add", "set", "inet", T, "staff_v4", "{ type ipv6_addr; }"]);
+        let mut n = Nft::open().expect("open");
+        let err = n
+            .create(
+                T,
+                &[SetSpec {
+                    name: "staff_v4".into(),
+                    family: Family::V4,
+                }],
+            )
+            .expect_err("type clash");
+        assert!(err.to_string().contains("staff_v4"), "{err}");
+    });
+}
+
+#[test]
+fn add_and_delete_both_families_with_comments() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        let plan = Plan {
+            adds: vec![
+                add("staff_v4", "10.0.0.1"),
+                add("staff_v6", "fd00::1"),
+                add("staff_v4", "10.0.0.2"),
+            ],
+            dels: vec![],
+        };
+        n.apply(T, &plan).expect("apply");
+        n.apply(T, &plan)
+            .expect("re-adding present elements succeeds");
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.1", "10.0.0.2"]));
+        assert_eq!(cli_elements("staff_v6"), strs(&["fd00::1"]));
+        assert!(
+            nft(&["list", "set", "inet", T, "staff_v4"])
+                .contains("comment \"user=u conn=10.0.0.1\"")
+        );
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![],
+                dels: vec![del("staff_v4", "10.0.0.1"), del("staff_v6", "fd00::1")],
+            },
+        )
+        .expect("delete");
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.2"]));
+        assert_eq!(cli_elements("staff_v6"), strs(&[]));
+    });
+}
+
+fn deleting_absent_elements_succeeds(legacy: bool) {
+    in_netns(move || {
+        let mut n = Nft::open().expect("open");
+        if legacy {
+            n.force_legacy_delete();
+        }
+        staff_sets(&mut n);
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.1"), add("staff_v4", "10.0.0.2")],
+                dels: vec![],
+            },
+        )
+        .expect("add");
+        // One present, one absent delete, plus an add, in one plan.
+        let plan = Plan {
+            adds: vec![add("staff_v4", "10.0.0.3")],
+            dels: vec![del("staff_v4", "10.0.0.1"), del("staff_v4", "10.9.9.9")],
+        };
+        n.apply(T, &plan).expect("absent deletes are not an error");
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.2", "10.0.0.3"]));
+        // Only absent deletes.
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![],
+                dels: vec![del("staff_v4", "10.9.9.9")],
+            },
+        )
+        .expect("noop");
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.2", "10.0.0.3"]));
+    });
+}
+
+#[test]
+fn deleting_absent_elements_succeeds_with_destroy() {
+    deleting_absent_elements_succeeds(false);
+}
+
+#[test]
+fn deleting_absent_elements_succeeds_with_legacy_delete() {
+    deleting_absent_elements_succeeds(true);
+}
+
+#[test]
+fn a_failing_batch_changes_nothing() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.1")],
+                dels: vec![],
+            },
+        )
+        .expect("add");
+        // The kernel refuses the whole batch when one message fails: a set of the
+        // same name exists only in our cache, so the plan reaches the kernel.
+        nft(&["delete", "set", "inet", T, "staff_v6"]);
+        let plan = Plan {
+            adds: vec![add("staff_v4", "10.0.0.2"), add("staff_v6", "fd00::2")],
+            dels: vec![del("staff_v4", "10.0.0.1")],
+        };
+        let err = n.apply(T, &plan).expect_err("staff_v6 is gone");
+        assert!(
+            matches!(err, NftError::Kernel { .. } | NftError::SetMissing { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("staff_v6"), "{err}");
+        assert_eq!(
+            cli_elements("staff_v4"),
+            strs(&["10.0.0.1"]),
+            "nothing of the batch applied"
+        );
+    });
+}
+
+#[test]
+fn twenty_thousand_elements_in_one_batch_and_dump() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        let adds: Vec<ElemAdd> = (0..20_000u32)
+            .map(|i| ElemAdd {
+                set: "staff_v4".into(),
+                addr: IpAddr::V4((0x0a00_0000 + i).into()),
+                comment: "user=someone@example.org conn=0123456789abcdef0123456789abcdef".into(),
+            })
+            .collect();
+        let before = n.batches();
+        n.apply(T, &Plan { adds, dels: vec![] }).expect("20k batch");
+        assert_eq!(n.batches() - before, 1, "one netlink batch");
+        let info = n
+            .list_sets(T)
+            .expect("list")
+            .expect("table")
+            .into_iter()
+            .find(|s| s.name == "staff_v4")
+            .expect("set");
+        let contents = n.dump_set(T, &info).expect("dump");
+        assert_eq!(contents.addrs.len(), 20_000);
+        assert_eq!(cli_elements("staff_v4").len(), 20_000);
+    });
+}
+
+#[test]
+fn interval_sets_single_addresses_keep_neighbours() {
+    in_netns(|| {
+        nft(&["add", "table", "inet", T]);
+        nft(&[
+            "add",
+            "set",
+            "inet",
+            T,
+            "iv_v4",
+            "{ type ipv4_addr; flags interval; }",
+        ]);
+        nft(&[
+            "add",
+            "set",
+            "inet",
+            T,
+            "iv_v6",
+            "{ type ipv6_addr; flags interval; }",
+        ]);
+        // An admin's range that vpnfw must leave alone.
+        nft(&["add", "element", "inet", T, "iv_v4", "{ 192.168.0.0/24 }"]);
+        let mut n = Nft::open().expect("open");
+        let plan = Plan {
+            adds: vec![
+                add("iv_v4", "10.0.0.1"),
+                add("iv_v4", "10.0.0.2"),
+                add("iv_v4", "10.0.0.3"),
+                add("iv_v4", "255.255.255.255"),
+                add("iv_v6", "fd00::1"),
+                add("iv_v6", "fd00::2"),
+            ],
+            dels: vec![],
+        };
+        n.apply(T, &plan).expect("add");
+        n.apply(T, &plan).expect("re-add");
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![],
+                dels: vec![del("iv_v4", "10.0.0.2"), del("iv_v6", "fd00::1")],
+            },
+        )
+        .expect("delete the middle one");
+        let sets = n.list_sets(T).expect("list").expect("table");
+        let v4 = sets
+            .iter()
+            .find(|s| s.name == "iv_v4")
+            .expect("iv_v4")
+            .clone();
+        let c = n.dump_set(T, &v4).expect("dump");
+        assert_eq!(
+            c.addrs,
+            vec![ip("10.0.0.1"), ip("10.0.0.3"), ip("255.255.255.255")]
+        );
+        assert_eq!(c.ranges, vec![(ip("192.168.0.0"), ip("192.168.0.255"))]);
+        let v6 = sets
+            .iter()
+            .find(|s| s.name == "iv_v6")
+            .expect("iv_v6")
+            .clone();
+        assert_eq!(n.dump_set(T, &v6).expect("dump").addrs, vec![ip("fd00::2")]);
+        // The kernel agrees, seen through the nft CLI.
+        let cli = cli_elements("iv_v4");
+        assert!(
+            cli.contains("10.0.0.1") && cli.contains("10.0.0.3"),
+            "{cli:?}"
+        );
+        assert!(!cli.iter().any(|e| e.starts_with("10.0.0.2")), "{cli:?}");
+        assert!(cli.contains("192.168.0.0/24"), "{cli:?}");
+    });
+}
+
+#[test]
+fn missing_table_and_set_are_named() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        let err = n
+            .apply(
+                T,
+                &Plan {
+                    adds: vec![add("staff_v4", "10.0.0.1")],
+                    dels: vec![],
+                },
+            )
+            .expect_err("no table");
+        assert!(err.to_string().contains("inet vpnfw"), "{err}");
+        staff_sets(&mut n);
+        let err = n
+            .apply(
+                T,
+                &Plan {
+                    adds: vec![add("nope_v4", "10.0.0.1")],
+                    dels: vec![],
+                },
+            )
+            .expect_err("no set");
+        assert!(matches!(err, NftError::SetMissing { .. }), "{err:?}");
+        assert!(err.to_string().contains("nope_v4"), "{err}");
+    });
+}
