@@ -58,11 +58,23 @@ pub struct PortalConfig {
     pub database: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconcileConfig {
-    /// Periodic reconcile, e.g. "30s", "5m", "1h". Unset: only at startup and on command.
+    /// Periodic reconcile, e.g. "30s", "5m", "1h". Unset: only at startup, on command
+    /// and when the table changes.
     pub interval: Option<String>,
+    /// Reconcile when someone else changes the table (a ruleset reload).
+    pub watch: bool,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            interval: None,
+            watch: true,
+        }
+    }
 }
 
 impl ReconcileConfig {
@@ -300,6 +312,7 @@ mod tests {
         assert_eq!(c.store.path, PathBuf::from(DEFAULT_STORE));
         assert!(c.profiles.is_empty());
         assert_eq!(c.reconcile.interval(), Ok(None));
+        assert!(c.reconcile.watch);
     }
 
     #[test]

@@ -74,7 +74,8 @@ fn repeated_connect_and_disconnect_are_idempotent() {
 
 #[test]
 fn repeated_connect_repairs_a_removed_element() {
-    let d = Daemon::start(STAFF);
+    // Without the ruleset watch, which would repair it on its own.
+    let d = Daemon::start(&format!("{STAFF}[reconcile]\nwatch = false\n"));
     assert_eq!(
         d.hook(&connect_vars("staff", "c1", "10.10.0.5", "")).code,
         0

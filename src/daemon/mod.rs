@@ -15,7 +15,7 @@ use std::sync::mpsc::{self, SyncSender};
 use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
-use crate::nft::{Nft, NftError};
+use crate::nft::{Monitor, Nft, NftError};
 use crate::protocol::{self, MAX_REQUEST, Op, Response};
 use crate::store::{Store, StoreError};
 
@@ -80,6 +80,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     // that matches the store.
     writer.reconcile(false).map_err(DaemonError::Reconcile)?;
 
+    let portid = writer.portid();
     let listener = bind(&socket, &policy)?;
     let (tx, rx) = mpsc::sync_channel::<Job>(QUEUE);
     std::thread::Builder::new()
@@ -89,6 +90,9 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
             path: socket.clone(),
             source,
         })?;
+    if config.reconcile.watch {
+        spawn_monitor(tx.clone(), &config.nftables.table, portid);
+    }
     if let Ok(Some(every)) = config.reconcile.interval() {
         spawn_periodic_reconcile(tx.clone(), every);
     }
@@ -129,6 +133,55 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Quiet time that ends a burst of ruleset notifications, and the longest a burst may
+/// delay the reconcile: sessions are back well within 1 s of a reload.
+const MONITOR_QUIET: Duration = Duration::from_millis(50);
+const MONITOR_MAX_WAIT: Duration = Duration::from_millis(300);
+
+/// Queues a reconcile on the writer and waits for it, so runs never pile up.
+fn queue_reconcile(tx: &SyncSender<Job>) -> bool {
+    let (reply, answer) = mpsc::sync_channel(1);
+    let job = Job {
+        work: Work::Reconcile { dry_run: false },
+        reply,
+    };
+    if tx.send(job).is_err() {
+        return false;
+    }
+    // The writer logs the outcome.
+    let _ = answer.recv();
+    true
+}
+
+/// Reconciles whenever someone else changes our table (a ruleset reload empties it).
+fn spawn_monitor(tx: SyncSender<Job>, table: &str, ignore_portid: u32) {
+    let mut monitor = match Monitor::open(table, ignore_portid) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the ruleset; reload repairs need `vpnfw reconcile` or [reconcile] interval");
+            return;
+        }
+    };
+    let table = table.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("monitor".into())
+        .spawn(move || {
+            loop {
+                if let Err(e) = monitor.wait_change(MONITOR_QUIET, MONITOR_MAX_WAIT) {
+                    tracing::error!(error = %e, "ruleset monitor stopped");
+                    return;
+                }
+                tracing::info!(table = %table, "table changed outside vpnfw; reconciling");
+                if !queue_reconcile(&tx) {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the ruleset monitor");
+    }
+}
+
 /// `[reconcile] interval`: queue a reconcile on the writer every `every`.
 fn spawn_periodic_reconcile(tx: SyncSender<Job>, every: Duration) {
     let spawned = std::thread::Builder::new()
@@ -136,16 +189,9 @@ fn spawn_periodic_reconcile(tx: SyncSender<Job>, every: Duration) {
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
-                let (reply, answer) = mpsc::sync_channel(1);
-                let job = Job {
-                    work: Work::Reconcile { dry_run: false },
-                    reply,
-                };
-                if tx.send(job).is_err() {
+                if !queue_reconcile(&tx) {
                     return;
                 }
-                // The writer logs the outcome; wait so runs never pile up.
-                let _ = answer.recv();
             }
         });
     if let Err(e) = spawned {

@@ -128,6 +128,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Port id of the writer's netlink socket: notifications it causes carry it.
+    pub fn portid(&self) -> u32 {
+        self.nft.portid()
+    }
+
     fn table(&self) -> &str {
         &self.config.nftables.table
     }

@@ -4,8 +4,11 @@
 //! types. One `Nft` owns one netlink socket for its whole life: closing a socket after
 //! deletes costs the kernel 9–40 ms (DESIGN.md §3), so the daemon never does.
 
+mod monitor;
 mod msg;
 mod socket;
+
+pub use monitor::Monitor;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{CString, c_int};

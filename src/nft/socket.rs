@@ -23,12 +23,22 @@ const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
 
 /// One message in the receive buffer.
 #[derive(Debug, Clone, Copy)]
-struct MsgRef {
-    offset: usize,
-    len: usize,
-    ty: u16,
-    flags: u16,
-    seq: u32,
+pub struct MsgRef {
+    pub offset: usize,
+    pub len: usize,
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    /// Port id of the socket that caused a notification (0: the kernel itself).
+    pub pid: u32,
+}
+
+/// How long a receive may wait.
+#[derive(Debug, Clone, Copy)]
+pub enum Wait {
+    No,
+    For(Duration),
+    Forever,
 }
 
 pub struct NlSocket {
@@ -98,10 +108,26 @@ impl NlSocket {
 
     /// One `recv`; `Ok(None)` when nothing is queued (non-blocking) or the wait timed out.
     fn recv(&mut self, block: bool) -> io::Result<Option<Vec<MsgRef>>> {
-        let flags = if block { 0 } else { libc::MSG_DONTWAIT };
-        if block {
-            set_rcvtimeo(self.fd(), REPLY_TIMEOUT);
-        }
+        self.recv_wait(if block {
+            Wait::For(REPLY_TIMEOUT)
+        } else {
+            Wait::No
+        })
+    }
+
+    /// One `recv` that waits as told; `Ok(None)` when nothing arrived in time.
+    pub fn recv_wait(&mut self, wait: Wait) -> io::Result<Option<Vec<MsgRef>>> {
+        let flags = match wait {
+            Wait::No => libc::MSG_DONTWAIT,
+            Wait::For(d) => {
+                set_rcvtimeo(self.fd(), d.max(Duration::from_micros(1)));
+                0
+            }
+            Wait::Forever => {
+                set_rcvtimeo(self.fd(), Duration::ZERO);
+                0
+            }
+        };
         // SAFETY: the buffer is RECV_BYTES long and writable; the kernel writes at
         // most that many bytes and returns how many it wrote.
         let n = unsafe {
@@ -120,6 +146,26 @@ impl NlSocket {
             };
         }
         Ok(Some(self.split(n as usize)))
+    }
+
+    /// The bytes of one received message (valid until the next receive).
+    pub fn msg_bytes(&self, m: &MsgRef) -> &[u8] {
+        &self.bytes()[m.offset..m.offset + m.len]
+    }
+
+    /// Subscribes to a netlink multicast group (NFNLGRP_NFTABLES for notifications).
+    pub fn join_group(&self, group: u32) -> io::Result<()> {
+        let g = libc::c_int::try_from(group).map_err(io::Error::other)?;
+        if setsockopt(
+            self.fd(),
+            libc::SOL_NETLINK,
+            libc::NETLINK_ADD_MEMBERSHIP,
+            g,
+        ) {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn bytes(&self) -> &[u8] {
@@ -144,6 +190,7 @@ impl NlSocket {
                 ty: u16::from_ne_bytes([h[4], h[5]]),
                 flags: u16::from_ne_bytes([h[6], h[7]]),
                 seq: u32::from_ne_bytes([h[8], h[9], h[10], h[11]]),
+                pid: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
             });
             off += (len + 3) & !3;
         }
