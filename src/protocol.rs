@@ -66,6 +66,10 @@ pub struct ReconcileReport {
 pub struct StatusReport {
     pub sessions: Vec<crate::session::Session>,
     pub sets: Vec<SetSize>,
+    /// Netlink batches the daemon has sent since it started.
+    pub netlink_batches: u64,
+    /// Events it has answered since it started (applied, refused or failed).
+    pub events: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,6 +65,8 @@ pub struct Writer {
     boot_id: String,
     /// Sets known to exist with the right type and recorded in the store.
     ready_sets: HashSet<String>,
+    /// Events answered since start.
+    events: u64,
 }
 
 impl Writer {
@@ -90,6 +92,7 @@ impl Writer {
             ledger: Ledger::new(sessions),
             boot_id,
             ready_sets: HashSet::new(),
+            events: 0,
         })
     }
 
@@ -170,10 +173,13 @@ impl Writer {
                     };
                     let _ = job.reply.send(resp);
                 }
-                Work::Event(ev) => match self.prepare(&ev) {
-                    Ok(edit) => pending.push((edit, ev, job.reply)),
-                    Err(r) => answer_rejection(&ev, r, &job.reply),
-                },
+                Work::Event(ev) => {
+                    self.events += 1;
+                    match self.prepare(&ev) {
+                        Ok(edit) => pending.push((edit, ev, job.reply)),
+                        Err(r) => answer_rejection(&ev, r, &job.reply),
+                    }
+                }
             }
         }
         if !pending.is_empty() {
@@ -640,6 +646,8 @@ impl Writer {
         Response::Status(StatusReport {
             sessions,
             sets: sizes,
+            netlink_batches: self.nft.batches(),
+            events: self.events,
         })
     }
 }
