@@ -75,6 +75,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The hook path first, before clap builds its command tree: the portal runs the
+    // hook without arguments on every connect, and start-up time is most of its cost.
+    if std::env::args_os().len() == 1 && std::env::var_os("VPN_EVENT").is_some() {
+        return exit_code(client::run_hook());
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         None if std::env::var_os("VPN_EVENT").is_some() => client::run_hook(),
@@ -108,6 +113,10 @@ fn main() -> ExitCode {
         }) => reconcile(dry_run, json, socket, &config),
         Some(Command::Check { config }) => check(&config),
     };
+    exit_code(code)
+}
+
+fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
