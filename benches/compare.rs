@@ -637,7 +637,7 @@ fn concurrent(s: &Sizes, report: &mut Report) {
         }
     }
     let took = start.elapsed();
-    let batches = d.status()["netlink_batches"].as_u64().unwrap_or(0) - before - 0;
+    let batches = d.status()["netlink_batches"].as_u64().unwrap_or(0) - before;
     assert_eq!(failed, 0, "every hook exits 0");
     let want: BTreeSet<IpAddr> = (0..s.concurrent as u32)
         .map(|i| IpAddr::V4(v4(i)))
