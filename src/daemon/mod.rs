@@ -14,6 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::time::Duration;
 
+use nix::sys::signal::{SigSet, Signal};
+use sd_notify::NotifyState;
+
 use crate::config::{Config, ConfigError};
 use crate::nft::{Monitor, Nft, NftError};
 use crate::protocol::{self, MAX_REQUEST, Op, Response};
@@ -68,6 +71,10 @@ pub struct ServeOptions {
 
 /// Runs the daemon until it is killed.
 pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
+    // Every thread spawned from here on inherits SIGHUP blocked; one thread waits for it.
+    let hup = SigSet::from(Signal::SIGHUP);
+    hup.thread_block()
+        .map_err(|e| DaemonError::Peer(format!("cannot block SIGHUP: {e}")))?;
     let config = Config::load(&opts.config)?;
     let socket = opts.socket.unwrap_or_else(|| config.server.socket.clone());
     let policy = PeerPolicy::new(config.server.group.as_deref()).map_err(DaemonError::Peer)?;
@@ -90,6 +97,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
             path: socket.clone(),
             source,
         })?;
+    spawn_reload_on_hup(tx.clone(), hup, opts.config.clone());
     if config.reconcile.watch {
         spawn_monitor(tx.clone(), &config.nftables.table, portid);
     }
@@ -97,6 +105,8 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         spawn_periodic_reconcile(tx.clone(), every);
     }
     tracing::info!(socket = %socket.display(), table = %config.nftables.table, "ready");
+    // systemd Type=notify: ready once the startup reconcile is done and the socket is up.
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let active = Arc::new(AtomicUsize::new(0));
     let policy = Arc::new(policy);
@@ -131,6 +141,46 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
         }
     }
     Ok(())
+}
+
+/// SIGHUP: load and validate the config file again; the writer switches to it only
+/// if it is valid and only reloadable keys changed. A bad config keeps the old one.
+fn spawn_reload_on_hup(tx: SyncSender<Job>, hup: SigSet, path: PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            while hup.wait().is_ok() {
+                let _ = sd_notify::notify(&[NotifyState::Reloading]);
+                tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+                match Config::load(&path).and_then(|c| {
+                    PeerPolicy::new(c.server.group.as_deref())
+                        .map(|_| c)
+                        .map_err(|message| ConfigError::Invalid {
+                            path: path.clone(),
+                            message,
+                        })
+                }) {
+                    Ok(config) => {
+                        let (reply, answer) = mpsc::sync_channel(1);
+                        let job = Job {
+                            work: Work::Reload(Box::new(config)),
+                            reply,
+                        };
+                        if tx.send(job).is_err() {
+                            return;
+                        }
+                        let _ = answer.recv();
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "new config rejected; keeping the running one")
+                    }
+                }
+                let _ = sd_notify::notify(&[NotifyState::Ready]);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the SIGHUP handler");
+    }
 }
 
 /// Quiet time that ends a burst of ruleset notifications, and the longest a burst may

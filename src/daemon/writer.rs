@@ -31,7 +31,11 @@ pub struct Job {
 pub enum Work {
     Event(Event),
     Status,
-    Reconcile { dry_run: bool },
+    Reconcile {
+        dry_run: bool,
+    },
+    /// SIGHUP: switch to a new, already validated config, then reconcile.
+    Reload(Box<Config>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +135,34 @@ impl Writer {
         Ok(())
     }
 
+    /// Switches to `config` when only reloadable keys changed, then reconciles: new
+    /// profiles, prefixes or set names take effect at once.
+    fn reload(&mut self, config: Config) -> Response {
+        if let Some(key) = restart_only_change(&self.config, &config) {
+            let reason = format!(
+                "{key} changed: that needs a restart (systemctl restart vpnfw); keeping the running config"
+            );
+            tracing::error!(reason = %reason, "config not reloaded");
+            return Response::Refused { reason };
+        }
+        let old = std::mem::replace(&mut self.config, config);
+        self.ready_sets.clear();
+        match self.reconcile(false) {
+            Ok(report) => {
+                tracing::info!(profiles = self.config.profiles.len(), "config reloaded");
+                Response::Reconciled(report)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile with the new config failed; keeping the old one");
+                self.config = old;
+                self.ready_sets.clear();
+                Response::Failed {
+                    reason: e.to_string(),
+                }
+            }
+        }
+    }
+
     /// Port id of the writer's netlink socket: notifications it causes carry it.
     pub fn portid(&self) -> u32 {
         self.nft.portid()
@@ -171,6 +203,10 @@ impl Writer {
                             }
                         }
                     };
+                    let _ = job.reply.send(resp);
+                }
+                Work::Reload(config) => {
+                    let resp = self.reload(*config);
                     let _ = job.reply.send(resp);
                 }
                 Work::Event(ev) => {
@@ -649,6 +685,21 @@ impl Writer {
             netlink_batches: self.nft.batches(),
             events: self.events,
         })
+    }
+}
+
+/// Keys that live in resources opened at start (table, socket, store, threads).
+fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
+    if old.nftables.table != new.nftables.table {
+        Some("[nftables] table")
+    } else if old.server != new.server {
+        Some("[server]")
+    } else if old.store != new.store {
+        Some("[store]")
+    } else if old.reconcile != new.reconcile {
+        Some("[reconcile]")
+    } else {
+        None
     }
 }
 

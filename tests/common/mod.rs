@@ -181,6 +181,12 @@ pub struct Daemon {
     pub child: Option<Child>,
     /// The config's extra text after the generated [store]/[server] sections.
     pub extra: String,
+    /// Runs `vpnfw serve` through this command (e.g. setpriv), inside the namespace.
+    pub wrapper: Vec<String>,
+    /// `[server] group`; `None` leaves the socket to root and the daemon's user.
+    pub group: Option<String>,
+    /// Where the store goes, relative to the work dir.
+    pub store_name: String,
 }
 
 impl Daemon {
@@ -190,12 +196,28 @@ impl Daemon {
     }
 
     pub fn start_in(ns: Netns, extra: &str) -> Daemon {
+        Daemon::start_with(ns, extra, &[], Some(HOOK_GROUP), |_| {})
+    }
+
+    /// Full control: a wrapper command, the socket group, and a hook to prepare the
+    /// work dir (ownership, modes) before the daemon starts.
+    pub fn start_with(
+        ns: Netns,
+        extra: &str,
+        wrapper: &[&str],
+        group: Option<&str>,
+        prepare: impl FnOnce(&Daemon),
+    ) -> Daemon {
         let mut d = Daemon {
             ns,
             work: Workdir::new(),
             child: None,
             extra: extra.to_string(),
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
+            group: group.map(str::to_string),
+            store_name: "state.db".into(),
         };
+        prepare(&d);
         std::fs::write(d.work.path("boot_id"), "boot-one\n").expect("boot id");
         d.write_config();
         d.spawn();
@@ -211,12 +233,16 @@ impl Daemon {
     }
 
     pub fn store(&self) -> PathBuf {
-        self.work.path("state.db")
+        self.work.path(&self.store_name)
     }
 
     pub fn write_config(&self) {
+        let group = match &self.group {
+            Some(g) => format!("group = {g:?}\n"),
+            None => String::new(),
+        };
         let text = format!(
-            "[store]\npath = {:?}\nboot_id_file = {:?}\n[server]\nsocket = {:?}\ngroup = {HOOK_GROUP:?}\n{}\n",
+            "[store]\npath = {:?}\nboot_id_file = {:?}\n[server]\nsocket = {:?}\n{group}{}\n",
             self.store(),
             self.work.path("boot_id"),
             self.socket(),
@@ -227,9 +253,15 @@ impl Daemon {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.work.path("serve.log")).expect("log");
-        let child = self
-            .ns
-            .cmd(BIN)
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = self.ns.cmd(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => self.ns.cmd(BIN),
+        };
+        let child = cmd
             .args(["serve", "--config"])
             .arg(self.config_path())
             .env("VPNFW_LOG", "debug")
