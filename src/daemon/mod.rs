@@ -299,12 +299,15 @@ fn serve_connection(stream: UnixStream, policy: &PeerPolicy, tx: &SyncSender<Job
             return;
         }
     };
+    // Read the request before answering, even a refusal: closing a Unix socket with
+    // unread data resets it, and the client would lose the reason.
+    let line = read_line(&stream);
     if let Some(reason) = policy.refuse(&peer) {
         tracing::warn!(uid = peer.uid, pid = peer.pid, reason = %reason, "peer refused");
         reply(&stream, &Response::Refused { reason });
         return;
     }
-    let line = match read_line(&stream) {
+    let line = match line {
         Ok(Some(line)) => line,
         Ok(None) => return,
         Err(reason) => {
