@@ -381,6 +381,23 @@ fn set_len(table: &str, set: &str) -> usize {
         .sum()
 }
 
+/// Kernel == store, as a dry-run reconcile sees it (cheap at 1M, unlike `nft -j`).
+fn assert_in_step(d: &Daemon) {
+    let out = Command::new(BIN)
+        .args(["reconcile", "--dry-run", "--json", "--socket"])
+        .arg(d.path("vpnfw.sock"))
+        .output()
+        .expect("reconcile");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["summary"]["added"], 0, "kernel misses elements: {v}");
+    assert_eq!(v["summary"]["deleted"], 0, "kernel has stale elements: {v}");
+}
+
 // ---------------------------------------------------------------- the rows
 
 /// Hook connect/disconnect (whole process, store write included) against one `nft`
@@ -489,7 +506,7 @@ fn scaling(s: &Sizes, report: &mut Report, interval: bool) {
             let dd = run(&mut d.hook("D", &conn, &a4, ""));
             samples.push(c + dd);
         }
-        assert_eq!(set_len(&table, "staff_v4"), n as usize);
+        assert_in_step(&d);
         per_size.push((n, samples));
     }
     // The nft CLI on a set of cli_scale elements.

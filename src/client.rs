@@ -120,6 +120,17 @@ impl ClientError {
 /// Sends one request and reads one reply; the whole exchange, connect included,
 /// ends within `deadline`.
 pub fn request(socket: &Path, req: &Request, deadline: Duration) -> Result<Response, ClientError> {
+    request_limited(socket, req, deadline, MAX_REPLY)
+}
+
+/// [`request`] with another bound on the reply: admin commands read status reports
+/// of many sessions.
+pub fn request_limited(
+    socket: &Path,
+    req: &Request,
+    deadline: Duration,
+    max_reply: usize,
+) -> Result<Response, ClientError> {
     let end = Instant::now() + deadline;
     let timeout = |stage| ClientError::Timeout {
         path: socket.to_owned(),
@@ -179,8 +190,11 @@ pub fn request(socket: &Path, req: &Request, deadline: Duration) -> Result<Respo
         }
         let newline = chunk[..n].iter().position(|&b| b == b'\n');
         reply.extend_from_slice(&chunk[..newline.unwrap_or(n)]);
-        if reply.len() >= MAX_REPLY {
-            return Err(bad("the reply is larger than 1 MiB"));
+        if reply.len() >= max_reply {
+            return Err(bad(&format!(
+                "the reply is larger than {} KiB",
+                max_reply / 1024
+            )));
         }
         if newline.is_some() {
             break;

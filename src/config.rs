@@ -46,8 +46,18 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     #[serde(default)]
     pub portal: PortalConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+}
+
+/// Caps on live sessions; a connect beyond one is refused. Unset: no cap.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_sessions_per_user: Option<u32>,
+    pub max_sessions_per_profile: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]

@@ -157,7 +157,8 @@ fn admin_request(
 ) -> Result<Response, i32> {
     let socket = admin_socket(socket, config);
     let req = Request { v: VERSION, op };
-    match client::request(&socket, &req, Duration::from_secs(120)) {
+    // Status reports list every session: allow far more than a hook's reply.
+    match client::request_limited(&socket, &req, Duration::from_secs(120), 1 << 30) {
         Ok(Response::Refused { reason } | Response::Failed { reason }) => {
             eprintln!("vpnfw {cmd}: {reason}");
             Err(exit::PROBLEM)
@@ -203,6 +204,13 @@ fn reconcile(dry_run: bool, json: bool, socket: Option<PathBuf>, config: &Path) 
     }
     for a in &report.adds {
         println!("{verb}add {} to {}", a.addr, a.set);
+    }
+    let listed = report.adds.len() + report.dels.len();
+    if listed < report.summary.added + report.summary.deleted {
+        println!(
+            "(listed {listed} of {})",
+            report.summary.added + report.summary.deleted
+        );
     }
     if report.summary.portal_ended + report.summary.portal_recovered > 0 {
         println!(

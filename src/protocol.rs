@@ -57,6 +57,7 @@ pub enum Response {
 pub struct ReconcileReport {
     pub dry_run: bool,
     pub summary: crate::reconcile::Summary,
+    /// The first 1000 adds and deletes; `summary` has the counts.
     pub adds: Vec<crate::reconcile::ElemRef>,
     pub dels: Vec<crate::reconcile::ElemRef>,
 }

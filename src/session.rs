@@ -109,6 +109,10 @@ pub enum Edit {
 pub struct Ledger {
     sessions: HashMap<SessionKey, Session>,
     refs: HashMap<ElemRef, u32>,
+    /// Live sessions per profile (few entries), for `[limits]`.
+    per_profile: HashMap<ProfileId, u32>,
+    /// Live sessions per user; kept only when a per-user limit is configured.
+    per_user: Option<HashMap<UserId, u32>>,
 }
 
 impl Ledger {
@@ -153,10 +157,49 @@ impl Ledger {
         d
     }
 
+    /// Starts counting live sessions per user (for a per-user limit).
+    pub fn count_users(&mut self) {
+        let mut counts: HashMap<UserId, u32> = HashMap::new();
+        for s in self.sessions.values() {
+            *counts.entry(s.user_id.clone()).or_insert(0) += 1;
+        }
+        self.per_user = Some(counts);
+    }
+
+    /// Live sessions of a profile.
+    pub fn profile_sessions(&self, profile: &ProfileId) -> u32 {
+        self.per_profile.get(profile).copied().unwrap_or(0)
+    }
+
+    /// Live sessions of a user; `None` unless [`Ledger::count_users`] was called.
+    pub fn user_sessions(&self, user: &UserId) -> Option<u32> {
+        self.per_user
+            .as_ref()
+            .map(|m| m.get(user).copied().unwrap_or(0))
+    }
+
+    fn count(&mut self, s: &Session, up: bool) {
+        fn bump<K: std::hash::Hash + Eq + Clone>(m: &mut HashMap<K, u32>, k: &K, up: bool) {
+            if up {
+                *m.entry(k.clone()).or_insert(0) += 1;
+            } else if let Entry::Occupied(mut o) = m.entry(k.clone()) {
+                *o.get_mut() -= 1;
+                if *o.get() == 0 {
+                    o.remove();
+                }
+            }
+        }
+        bump(&mut self.per_profile, &s.profile, up);
+        if let Some(m) = self.per_user.as_mut() {
+            bump(m, &s.user_id, up);
+        }
+    }
+
     fn insert(&mut self, s: Session) -> Option<Session> {
         for e in s.elems() {
             *self.refs.entry(e).or_insert(0) += 1;
         }
+        self.count(&s, true);
         let old = self.sessions.insert(s.key(), s);
         if let Some(old) = &old {
             self.release(old);
@@ -171,6 +214,7 @@ impl Ledger {
     }
 
     fn release(&mut self, s: &Session) {
+        self.count(s, false);
         for e in s.elems() {
             if let Entry::Occupied(mut o) = self.refs.entry(e) {
                 *o.get_mut() -= 1;
@@ -434,5 +478,23 @@ mod tests {
         assert_eq!(l.desired(), before);
         assert_eq!(l.get(&a.key()), Some(&a));
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn counts_follow_sessions_and_undo() {
+        let mut l = Ledger::default();
+        l.count_users();
+        let staff = ProfileId::parse("staff").expect("id");
+        let alice = UserId::parse("alice@example.org").expect("user");
+        let (c, _) = l.apply_all(vec![
+            Edit::Connect(sess("staff", "a", Some("10.0.0.1"), None)),
+            Edit::Connect(sess("staff", "b", Some("10.0.0.2"), None)),
+            Edit::Connect(sess("staff", "b", Some("10.0.0.3"), None)),
+        ]);
+        assert_eq!(l.profile_sessions(&staff), 2);
+        assert_eq!(l.user_sessions(&alice), Some(2));
+        l.undo_all(c);
+        assert_eq!(l.profile_sessions(&staff), 0);
+        assert_eq!(l.user_sessions(&alice), Some(0));
     }
 }

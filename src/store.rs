@@ -57,6 +57,8 @@ pub enum StoreError {
     Schema { path: PathBuf, found: i64 },
     #[error("session store: {0} (is the disk full or read-only?)")]
     Sql(#[from] rusqlite::Error),
+    #[error("session store unavailable after an earlier error")]
+    Unavailable,
 }
 
 /// A stored row that does not validate (edited by hand, or from a future version).

@@ -5,19 +5,22 @@
 //! If a coalesced batch fails, every request is retried on its own so one bad
 //! request cannot fail its neighbours.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
-use crate::event::{Event, EventKind, Proto};
+use crate::event::{Event, EventKind, ProfileId, Proto, UserId};
 use crate::nft::{Family, KeyType, Nft, NftError, SetSpec};
 use crate::portal;
 use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
 use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
 use crate::session::{Change, Edit, Ledger, Session, SessionKey};
 use crate::store::{Store, StoreError};
+
+/// Elements a reconcile report lists (the summary always has the full counts).
+const REPORT_LIST: usize = 1000;
 
 /// Most requests one batch takes; bounds the latency of the first one.
 const MAX_BATCH: usize = 4096;
@@ -71,6 +74,17 @@ pub struct Writer {
     ready_sets: HashSet<String>,
     /// Events answered since start.
     events: u64,
+    /// Ended sessions whose store delete failed (disk full, read-only): retried with
+    /// the next store transaction. Until then a restart would bring them back.
+    unsynced: Vec<SessionKey>,
+}
+
+/// New sessions per user and per profile in the batch being prepared, so that a
+/// batch cannot slip past a limit.
+#[derive(Default)]
+struct BatchCounts {
+    users: HashMap<UserId, u32>,
+    profiles: HashMap<ProfileId, u32>,
 }
 
 impl Writer {
@@ -81,6 +95,7 @@ impl Writer {
         boot_id: String,
     ) -> Result<Writer, WriterError> {
         let (sessions, bad) = store.load_sessions()?;
+        let count_users = config.limits.max_sessions_per_user.is_some();
         for row in bad {
             tracing::error!(
                 profile = %row.profile,
@@ -93,10 +108,17 @@ impl Writer {
             config,
             store,
             nft,
-            ledger: Ledger::new(sessions),
+            ledger: {
+                let mut l = Ledger::new(sessions);
+                if count_users {
+                    l.count_users();
+                }
+                l
+            },
             boot_id,
             ready_sets: HashSet::new(),
             events: 0,
+            unsynced: Vec::new(),
         })
     }
 
@@ -190,6 +212,7 @@ impl Writer {
         let started = Instant::now();
         let mut pending: Vec<(Edit, Event, SyncSender<Response>)> = Vec::new();
         let mut status = Vec::new();
+        let mut counts = BatchCounts::default();
         for job in jobs {
             match job.work {
                 Work::Status => status.push(job.reply),
@@ -211,7 +234,7 @@ impl Writer {
                 }
                 Work::Event(ev) => {
                     self.events += 1;
-                    match self.prepare(&ev) {
+                    match self.prepare(&ev, &mut counts) {
                         Ok(edit) => pending.push((edit, ev, job.reply)),
                         Err(r) => answer_rejection(&ev, r, &job.reply),
                     }
@@ -256,8 +279,11 @@ impl Writer {
     }
 
     /// Checks one event against the config and the kernel and turns it into an edit.
-    fn prepare(&mut self, ev: &Event) -> Result<Edit, Rejection> {
+    fn prepare(&mut self, ev: &Event, counts: &mut BatchCounts) -> Result<Edit, Rejection> {
         let sets = self.config.sets_for(&ev.profile);
+        if ev.kind == EventKind::Connect {
+            self.check_limits(ev, counts)?;
+        }
         match ev.kind {
             EventKind::Disconnect => Ok(Edit::Disconnect(SessionKey {
                 profile: ev.profile.clone(),
@@ -297,6 +323,44 @@ impl Writer {
                 }))
             }
         }
+    }
+
+    /// `[limits]`: a new session beyond a cap is refused; a repeated connect of a live
+    /// session is not new.
+    fn check_limits(&self, ev: &Event, counts: &mut BatchCounts) -> Result<(), Rejection> {
+        let key = SessionKey {
+            profile: ev.profile.clone(),
+            conn_id: ev.conn_id.clone(),
+        };
+        if self.ledger.get(&key).is_some() {
+            return Ok(());
+        }
+        let limits = &self.config.limits;
+        if let Some(max) = limits.max_sessions_per_user {
+            let live = self.ledger.user_sessions(&ev.user_id).unwrap_or(0);
+            let batch = counts.users.get(&ev.user_id).copied().unwrap_or(0);
+            if live + batch >= max {
+                return Err(Rejection::Refused(format!(
+                    "user {} already has {} live sessions ([limits] max_sessions_per_user = {max})",
+                    ev.user_id,
+                    live + batch
+                )));
+            }
+        }
+        if let Some(max) = limits.max_sessions_per_profile {
+            let live = self.ledger.profile_sessions(&ev.profile);
+            let batch = counts.profiles.get(&ev.profile).copied().unwrap_or(0);
+            if live + batch >= max {
+                return Err(Rejection::Refused(format!(
+                    "profile {} already has {} live sessions ([limits] max_sessions_per_profile = {max})",
+                    ev.profile,
+                    live + batch
+                )));
+            }
+        }
+        *counts.users.entry(ev.user_id.clone()).or_insert(0) += 1;
+        *counts.profiles.entry(ev.profile.clone()).or_insert(0) += 1;
+        Ok(())
     }
 
     /// Makes sure each set exists with the right type (creating it when allowed) and
@@ -374,29 +438,54 @@ impl Writer {
         let table = self.config.nftables.table.clone();
         if keys.is_empty() {
             // Nothing to store; still re-assert the elements of repeated connects.
-            if !plan.is_empty() {
-                self.nft.apply(&table, plan)?;
-            }
+            self.nft.apply(&table, plan)?;
             return Ok(());
         }
-        let txn = self.store.begin()?;
-        for key in &keys {
-            match self.ledger.get(key) {
-                Some(s) => txn.upsert(s)?,
-                None => txn.delete(key)?,
+        // With the store failing (disk full, read-only), connects fail closed, but
+        // disconnects still take the addresses out of the kernel: access must end.
+        let only_removals = changes
+            .iter()
+            .all(|c| matches!(c, Change::Removed(_) | Change::Unknown(_)));
+        keys.extend(
+            self.unsynced
+                .iter()
+                .filter(|k| self.ledger.get(k).is_none())
+                .cloned(),
+        );
+        let txn = match stage(&mut self.store, &self.ledger, &keys) {
+            Ok(txn) => Some(txn),
+            Err(e) if only_removals => {
+                tracing::error!(error = %e, "session store failed: removing the addresses from the kernel anyway; the store still lists these sessions until it accepts writes again");
+                None
             }
-        }
+            Err(e) => return Err(e.into()),
+        };
         // Kernel first, then the store commit: a crash in between leaves an element the
         // store does not explain, which startup reconcile removes; the hook got no
         // answer, so nothing it was told is lost.
-        if !plan.is_empty() {
-            self.nft.apply(&table, plan)?;
+        self.nft.apply(&table, plan)?;
+        let committed = txn.map_or(Err(StoreError::Unavailable), |t| t.commit());
+        match committed {
+            Ok(()) => {
+                self.unsynced.clear();
+                Ok(())
+            }
+            Err(e) if only_removals => {
+                if !matches!(e, StoreError::Unavailable) {
+                    tracing::error!(error = %e, "session store commit failed after a disconnect; the kernel is updated, the store is not");
+                }
+                for key in keys {
+                    if !self.unsynced.contains(&key) {
+                        self.unsynced.push(key);
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.revert_kernel(plan);
+                Err(e.into())
+            }
         }
-        if let Err(e) = txn.commit() {
-            self.revert_kernel(plan);
-            return Err(e.into());
-        }
-        Ok(())
     }
 
     /// Ledger and store only; the caller's reconcile brings the kernel along.
@@ -405,22 +494,15 @@ impl Writer {
             return Ok(());
         }
         let (changes, _plan) = self.ledger.apply_all(edits);
-        let result = (|| {
-            let txn = self.store.begin()?;
-            for c in &changes {
-                let key = match c {
-                    Change::Inserted(k) => k.clone(),
-                    Change::Replaced(old) | Change::Removed(old) => old.key(),
-                    Change::Unchanged(_) | Change::Unknown(_) => continue,
-                };
-                match self.ledger.get(&key) {
-                    Some(s) => txn.upsert(s)?,
-                    None => txn.delete(&key)?,
-                }
-            }
-            txn.commit()
-        })();
-        if let Err(e) = result {
+        let keys: Vec<SessionKey> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Inserted(k) => Some(k.clone()),
+                Change::Replaced(old) | Change::Removed(old) => Some(old.key()),
+                Change::Unchanged(_) | Change::Unknown(_) => None,
+            })
+            .collect();
+        if let Err(e) = stage(&mut self.store, &self.ledger, &keys).and_then(|t| t.commit()) {
             self.ledger.undo_all(changes);
             return Err(e.into());
         }
@@ -602,12 +684,13 @@ impl Writer {
             adds: plan
                 .adds
                 .iter()
+                .take(REPORT_LIST)
                 .map(|a| ElemRef {
                     set: a.set.clone(),
                     addr: a.addr,
                 })
                 .collect(),
-            dels: plan.dels.clone(),
+            dels: plan.dels.iter().take(REPORT_LIST).cloned().collect(),
         };
         if dry_run {
             tracing::info!(
@@ -686,6 +769,22 @@ impl Writer {
             events: self.events,
         })
     }
+}
+
+/// Opens a store transaction holding the current state of each key's session.
+fn stage<'a>(
+    store: &'a mut Store,
+    ledger: &Ledger,
+    keys: &[SessionKey],
+) -> Result<crate::store::StoreTxn<'a>, StoreError> {
+    let txn = store.begin()?;
+    for key in keys {
+        match ledger.get(key) {
+            Some(s) => txn.upsert(s)?,
+            None => txn.delete(key)?,
+        }
+    }
+    Ok(txn)
 }
 
 /// Keys that live in resources opened at start (table, socket, store, threads).
