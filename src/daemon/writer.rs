@@ -96,13 +96,17 @@ impl Writer {
     ) -> Result<Writer, WriterError> {
         let (sessions, bad) = store.load_sessions()?;
         let count_users = config.limits.max_sessions_per_user.is_some();
-        for row in bad {
+        // A handful of examples and a count: a damaged store must not flood the log.
+        for row in bad.iter().take(10) {
             tracing::error!(
                 profile = %row.profile,
                 conn_id = %row.conn_id,
                 problem = %row.problem,
                 "ignoring invalid store row; fix or delete it with sqlite3"
             );
+        }
+        if bad.len() > 10 {
+            tracing::error!(rows = bad.len(), "invalid store rows ignored in all");
         }
         Ok(Writer {
             config,
