@@ -626,6 +626,7 @@ impl Writer {
             self.commit_sessions(portal)?;
             (self.managed_sets(&self.ledger)?, self.ledger.desired())
         };
+        let t_desired = started.elapsed();
         let existing = self.nft.list_sets(&table)?.unwrap_or_default();
         let mut to_create = Vec::new();
         let mut usable: Vec<(String, Family)> = Vec::new();
@@ -674,7 +675,9 @@ impl Writer {
             actual.insert(name.clone(), addrs);
         }
         desired.retain(|e, _| actual.contains_key(&e.set));
+        let t_dump = started.elapsed();
         let plan = reconcile::diff(&desired, &actual);
+        let t_diff = started.elapsed();
         let summary = Summary {
             sets: actual.len(),
             added: plan.adds.len(),
@@ -704,9 +707,15 @@ impl Writer {
             );
             return Ok(report);
         }
-        if !plan.is_empty() {
-            self.nft.apply(&table, &plan)?;
-        }
+        self.nft.apply(&table, &plan)?;
+        let t_apply = started.elapsed();
+        tracing::debug!(
+            desired_ms = t_desired.as_millis() as u64,
+            dump_ms = (t_dump - t_desired).as_millis() as u64,
+            diff_ms = (t_diff - t_dump).as_millis() as u64,
+            apply_ms = (t_apply - t_diff).as_millis() as u64,
+            "reconcile phases"
+        );
         self.store.add_managed_sets(&usable)?;
         self.ready_sets = usable.into_iter().map(|(s, _)| s).collect();
         tracing::info!(
