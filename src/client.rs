@@ -582,7 +582,7 @@ mod tests {
             let _ = s.write_all(&vec![b'x'; MAX_REPLY + 10]);
         });
         let err = request(&path, &event_request(), Duration::from_secs(5)).unwrap_err();
-        assert!(err.to_string().contains("larger than 1 MiB"), "{err}");
+        assert!(err.to_string().contains("larger than 1024 KiB"), "{err}");
     }
 
     #[test]

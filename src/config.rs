@@ -48,8 +48,26 @@ pub struct Config {
     pub portal: PortalConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub conntrack: ConntrackConfig,
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConntrackConfig {
+    /// Delete the conntrack entries of an address that leaves the sets, so that
+    /// established flows end with the session.
+    pub flush_on_disconnect: bool,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            flush_on_disconnect: true,
+        }
+    }
 }
 
 /// Caps on live sessions; a connect beyond one is refused. Unset: no cap.

@@ -3,7 +3,7 @@
 # Skips apt entirely when everything is already there. Needs root.
 set -eu
 need=""
-for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps python3; do
+for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps python3 iputils-ping; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then

@@ -82,6 +82,7 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     let store = Store::open(&config.store.path)?;
     let nft = Nft::open()?;
     let mut writer = Writer::new(config.clone(), store, nft, boot_id)?;
+    writer.open_conntrack();
     writer.end_previous_boot()?;
     // Reconcile before accepting events, so the first answer is given on a kernel
     // that matches the store.

@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 use crate::event::{Event, EventKind, ProfileId, Proto, UserId};
-use crate::nft::{Family, KeyType, Nft, NftError, SetSpec};
+use crate::nft::{Conntrack, Family, KeyType, Nft, NftError, SetSpec};
 use crate::portal;
 use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
 use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
@@ -77,6 +77,11 @@ pub struct Writer {
     /// Ended sessions whose store delete failed (disk full, read-only): retried with
     /// the next store transaction. Until then a restart would bring them back.
     unsynced: Vec<SessionKey>,
+    /// `[conntrack] flush_on_disconnect`: ctnetlink, opened at start.
+    conntrack: Option<Conntrack>,
+    /// Addresses that left the sets in this batch: their flows are cut after the
+    /// answers went out, so the hook never waits for it.
+    removed: Vec<IpAddr>,
 }
 
 /// New sessions per user and per profile in the batch being prepared, so that a
@@ -123,6 +128,8 @@ impl Writer {
             ready_sets: HashSet::new(),
             events: 0,
             unsynced: Vec::new(),
+            conntrack: None,
+            removed: Vec::new(),
         })
     }
 
@@ -173,6 +180,11 @@ impl Writer {
         }
         let old = std::mem::replace(&mut self.config, config);
         self.ready_sets.clear();
+        if !self.config.conntrack.flush_on_disconnect {
+            self.conntrack = None;
+        } else if self.conntrack.is_none() {
+            self.open_conntrack();
+        }
         match self.reconcile(false) {
             Ok(report) => {
                 tracing::info!(profiles = self.config.profiles.len(), "config reloaded");
@@ -279,6 +291,47 @@ impl Writer {
         }
         for reply in status {
             let _ = reply.send(self.status());
+        }
+        self.flush_conntrack();
+    }
+
+    /// Opens ctnetlink when `[conntrack] flush_on_disconnect` is on. Failing to is a
+    /// warning: the sets still enforce the policy for new flows.
+    pub fn open_conntrack(&mut self) {
+        if !self.config.conntrack.flush_on_disconnect {
+            return;
+        }
+        match Conntrack::open() {
+            Ok(c) => self.conntrack = Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open ctnetlink; established flows survive disconnects")
+            }
+        }
+    }
+
+    /// Cuts established flows of addresses that left the sets.
+    fn flush_conntrack(&mut self) {
+        let removed = std::mem::take(&mut self.removed);
+        let Some(ct) = self.conntrack.as_mut() else {
+            return;
+        };
+        let mut seen = HashSet::new();
+        for addr in removed {
+            // An address still held in another set (another profile) keeps its flows.
+            let held = self.ready_sets.iter().any(|set| {
+                self.ledger.holds(&ElemRef {
+                    set: set.clone(),
+                    addr,
+                })
+            });
+            if !seen.insert(addr) || held {
+                continue;
+            }
+            match ct.flush_source(addr) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(%addr, flows = n, "conntrack entries deleted"),
+                Err(e) => tracing::error!(%addr, error = %e, "conntrack cleanup failed"),
+            }
         }
     }
 
@@ -416,7 +469,10 @@ impl Writer {
     fn commit(&mut self, edits: Vec<Edit>) -> Result<Vec<Change>, WriterError> {
         let (changes, plan) = self.ledger.apply_all(edits);
         match self.persist(&changes, &plan) {
-            Ok(()) => Ok(changes),
+            Ok(()) => {
+                self.removed.extend(plan.dels.iter().map(|d| d.addr));
+                Ok(changes)
+            }
             Err(e) => {
                 self.ledger.undo_all(changes);
                 // The kernel may have lost a set under us (ruleset reload): look again next time.

@@ -4,10 +4,12 @@
 //! types. One `Nft` owns one netlink socket for its whole life: closing a socket after
 //! deletes costs the kernel 9–40 ms (DESIGN.md §3), so the daemon never does.
 
+mod conntrack;
 mod monitor;
 mod msg;
 mod socket;
 
+pub use conntrack::Conntrack;
 pub use monitor::Monitor;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -101,6 +103,12 @@ pub enum NftError {
     },
     #[error("malformed nftables netlink reply: {0}")]
     Parse(String),
+    #[error("conntrack: {what}: {source}")]
+    Conntrack {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("name {0:?} cannot be sent to nftables (contains NUL)")]
     BadName(String),
 }
@@ -189,9 +197,9 @@ impl Nft {
         let result = self.sock.dump(
             &req,
             seq,
-            |nlh| {
-                // SAFETY: `dump` hands over complete, aligned messages of this dump.
-                match unsafe { msg::parse_set(nlh) } {
+            |m| {
+                // SAFETY: `dump` hands over complete messages aligned for nlmsghdr.
+                match unsafe { msg::parse_set(m.as_ptr().cast()) } {
                     Some(p) if p.table == table => found.push(SetInfo {
                         name: p.name,
                         key: p.key,
@@ -339,9 +347,9 @@ impl Nft {
         let result = self.sock.dump(
             &req,
             seq,
-            |nlh| {
-                // SAFETY: `dump` hands over complete, aligned messages of this dump.
-                if !unsafe { msg::parse_elems(nlh, &mut raw) } {
+            |m| {
+                // SAFETY: `dump` hands over complete messages aligned for nlmsghdr.
+                if !unsafe { msg::parse_elems(m.as_ptr().cast(), &mut raw) } {
                     bad = true;
                 }
             },

@@ -256,13 +256,14 @@ impl NlSocket {
         Ok(errors)
     }
 
-    /// Runs a dump and hands every reply message to `on_msg`. A dump the kernel marks
+    /// Runs a dump and hands every reply message (complete, and aligned for
+    /// `nlmsghdr`) to `on_msg`. A dump the kernel marks
     /// interrupted (the ruleset changed under it) is run again, up to three times.
     pub fn dump(
         &mut self,
         request: &[u8],
         seq: u32,
-        mut on_msg: impl FnMut(*const libc::nlmsghdr),
+        mut on_msg: impl FnMut(&[u8]),
         mut reset: impl FnMut(),
     ) -> io::Result<()> {
         for _attempt in 0..3 {
@@ -292,12 +293,9 @@ impl NlSocket {
                             }
                             return Err(io::Error::from_raw_os_error(errno));
                         }
-                        _ => {
-                            // SAFETY: `offset` is a multiple of 4 inside an 8-aligned
-                            // buffer and the message is complete (checked in split).
-                            let p = unsafe { self.buf.as_ptr().cast::<u8>().add(m.offset) };
-                            on_msg(p.cast::<libc::nlmsghdr>());
-                        }
+                        // A complete message whose first byte is aligned for nlmsghdr:
+                        // `offset` is a multiple of 4 in an 8-aligned buffer.
+                        _ => on_msg(self.msg_bytes(&m)),
                     }
                 }
             }
