@@ -27,14 +27,24 @@ struct Topology {
     client: Netns,
     _internal: Netns,
     _internet: Netns,
+    listeners: Vec<std::process::Child>,
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for l in &mut self.listeners {
+            let _ = l.kill();
+            let _ = l.wait();
+        }
+    }
 }
 
 fn ip(ns: &Netns, args: &str) {
     run_ok(ns.cmd("ip").args(args.split_whitespace()));
 }
 
-/// A TCP listener on both families that accepts forever (killed with its namespace).
-fn listen(ns: &Netns) {
+/// A TCP listener on both families that accepts forever.
+fn listen(ns: &Netns) -> std::process::Child {
     let script = format!(
         "import socket, threading\n\
          def serve(fam, addr):\n\
@@ -51,7 +61,7 @@ fn listen(ns: &Netns) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("listener");
+        .expect("listener")
 }
 
 fn topology(ruleset: &str) -> Topology {
@@ -121,6 +131,7 @@ fn topology(ruleset: &str) -> Topology {
         client,
         _internal: internal,
         _internet: internet,
+        listeners,
     }
 }
 
