@@ -114,13 +114,14 @@ fn topology(ruleset: &str) -> Topology {
     }
     ip(&client, "route add default via 10.10.0.1");
     ip(&client, "-6 route add default via fd10::1");
+    let mut listeners = Vec::new();
     for (ns, v4, v6) in [
         (&internal, "172.16.0.1", "fd16::1"),
         (&internet, "192.0.2.1", "2001:db8::1"),
     ] {
         ip(ns, &format!("route add default via {v4}"));
         ip(ns, &format!("-6 route add default via {v6}"));
-        listen(ns);
+        listeners.push(listen(ns));
     }
     // The shipped file, unmodified, with its own defaults.
     let path = format!("{}/nft/{ruleset}", env!("CARGO_MANIFEST_DIR"));
