@@ -15,5 +15,6 @@ pub mod paths;
 pub mod portal;
 pub mod protocol;
 pub mod reconcile;
+pub mod ruleset;
 pub mod session;
 pub mod store;

@@ -66,6 +66,20 @@ enum Command {
         #[arg(long, default_value = config::DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the table and set declarations for the configured profiles, or check a
+    /// policy file's @set references against them.
+    Ruleset {
+        /// Config file.
+        #[arg(long, default_value = config::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Check this policy file instead: every @set it references must be a set of a
+        /// configured profile. Exits non-zero otherwise.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Declare the sets with `flags interval`.
+        #[arg(long)]
+        interval: bool,
+    },
     /// Validate the config and the kernel's sets; exits non-zero on any problem.
     Check {
         /// Config file.
@@ -112,6 +126,11 @@ fn main() -> ExitCode {
             config,
         }) => reconcile(dry_run, json, socket, &config),
         Some(Command::Check { config }) => check(&config),
+        Some(Command::Ruleset {
+            config,
+            policy,
+            interval,
+        }) => ruleset(&config, policy.as_deref(), interval),
     };
     exit_code(code)
 }
@@ -266,6 +285,49 @@ fn status(json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
         }
     }
     exit::OK
+}
+
+fn ruleset(path: &Path, policy: Option<&Path>, interval: bool) -> i32 {
+    let cfg = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vpnfw ruleset: {e}");
+            return exit::PROBLEM;
+        }
+    };
+    let Some(policy) = policy else {
+        print!("{}", vpnfw::ruleset::declarations(&cfg, interval));
+        return exit::OK;
+    };
+    let text = match std::fs::read_to_string(policy) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vpnfw ruleset: cannot read {}: {e}", policy.display());
+            return exit::PROBLEM;
+        }
+    };
+    let unmanaged = vpnfw::ruleset::unmanaged_set_refs(&cfg, &text);
+    if unmanaged.is_empty() {
+        println!(
+            "{}: every @set it references is managed by vpnfw",
+            policy.display()
+        );
+        return exit::OK;
+    }
+    for u in &unmanaged {
+        let why = if u.declared_in_file {
+            "the file declares it, but vpnfw will never put clients into it"
+        } else {
+            "nothing declares it"
+        };
+        println!(
+            "problem: {} references @{}, which no [[profile]] in {} manages ({why}); add the profile or fix the name",
+            policy.display(),
+            u.set,
+            path.display()
+        );
+    }
+    exit::PROBLEM
 }
 
 fn check(path: &Path) -> i32 {

@@ -301,3 +301,54 @@ fn every_shipped_ruleset_loads() {
     }
     assert!(files >= 3, "{files} rulesets");
 }
+
+#[test]
+fn ruleset_command_declares_loadable_sets_and_checks_policies() {
+    let work = Workdir::new();
+    let cfg = work.path("config.toml");
+    std::fs::write(&cfg, PROFILES).expect("config");
+    let out = run_ok(Command::new(BIN).args(["ruleset", "--config"]).arg(&cfg));
+    let decl = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ns = Netns::new();
+    ns.nft_load(&decl);
+    for set in ["staff_v4", "staff_v6", "students_v4", "students_v6"] {
+        assert_eq!(
+            ns.set_elements("vpnfw", set),
+            Some(ips(&[])),
+            "{set} declared"
+        );
+    }
+    let policy = format!(
+        "{}/nft/eduvpn-node-staff-students.nft",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let ok = Command::new(BIN)
+        .args(["ruleset", "--config"])
+        .arg(&cfg)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("ruleset");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    // A config without the students profile: the shipped policy references sets
+    // vpnfw would never fill.
+    std::fs::write(&cfg, "[[profile]]\nid = \"staff\"\n").expect("config");
+    let bad = Command::new(BIN)
+        .args(["ruleset", "--config"])
+        .arg(&cfg)
+        .arg("--policy")
+        .arg(&policy)
+        .output()
+        .expect("ruleset");
+    let text = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("@students_v4") && text.contains("@students_v6"),
+        "{text}"
+    );
+    assert!(!text.contains("@staff_v4"), "{text}");
+}
