@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::process::Command;
 
 use common::*;
@@ -54,22 +55,86 @@ fn disconnect_removes_both_families() {
     assert_eq!(d.stored().len(), 1);
 }
 
+/// `since` of the stored session `conn`, read from the store file.
+fn stored_since(d: &Daemon, conn: &str) -> i64 {
+    let out = run_ok(Command::new("sqlite3").arg(d.store()).arg(format!(
+        "SELECT since FROM sessions WHERE conn_id = '{conn}'"
+    )));
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("one stored since")
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
 #[test]
-fn repeated_connect_and_disconnect_are_idempotent() {
+fn repeated_connect_is_noop() {
     let d = Daemon::start(STAFF);
-    for _ in 0..3 {
+    let r = d.hook(&connect_vars("staff", "c1", "10.10.0.5", "fd10::5"));
+    assert_eq!(r.code, 0, "{}", r.output);
+    let since = stored_since(&d, "c1");
+    // `since` has one-second resolution: let the clock pass it, so a rewrite would show.
+    wait_for("the next second", std::time::Duration::from_secs(3), || {
+        unix_now() > since
+    });
+    for _ in 0..2 {
         let r = d.hook(&connect_vars("staff", "c1", "10.10.0.5", "fd10::5"));
         assert_eq!(r.code, 0, "{}", r.output);
+        assert_eq!(r.output, "");
     }
     assert_eq!(d.elements("staff_v4"), Some(ips(&["10.10.0.5"])));
-    assert_eq!(d.stored().len(), 1);
-    for _ in 0..2 {
+    assert_eq!(d.elements("staff_v6"), Some(ips(&["fd10::5"])));
+    assert_eq!(
+        d.stored(),
+        BTreeSet::from([(
+            "staff".into(),
+            "c1".into(),
+            "10.10.0.5".into(),
+            "fd10::5".into()
+        )])
+    );
+    assert_eq!(
+        stored_since(&d, "c1"),
+        since,
+        "a repeated connect must not replace the live session"
+    );
+}
+
+#[test]
+fn repeated_disconnect_is_noop() {
+    let d = Daemon::start(STAFF);
+    assert_eq!(
+        d.hook(&connect_vars("staff", "c1", "10.10.0.5", "fd10::5"))
+            .code,
+        0
+    );
+    assert_eq!(
+        d.hook(&connect_vars("staff", "c2", "10.10.0.6", "fd10::6"))
+            .code,
+        0
+    );
+    for _ in 0..3 {
         let r = d.hook(&disconnect_vars("staff", "c1", "10.10.0.5", "fd10::5"));
         assert_eq!(r.code, 0, "{}", r.output);
+        assert_eq!(r.output, "");
     }
-    assert_eq!(d.elements("staff_v4"), Some(ips(&[])));
-    assert_eq!(d.elements("staff_v6"), Some(ips(&[])));
-    assert!(d.stored().is_empty());
+    assert_eq!(d.elements("staff_v4"), Some(ips(&["10.10.0.6"])));
+    assert_eq!(d.elements("staff_v6"), Some(ips(&["fd10::6"])));
+    assert_eq!(
+        d.stored(),
+        BTreeSet::from([(
+            "staff".into(),
+            "c2".into(),
+            "10.10.0.6".into(),
+            "fd10::6".into()
+        )])
+    );
 }
 
 #[test]
@@ -110,7 +175,10 @@ fn disconnect_of_unknown_session_succeeds_and_changes_nothing() {
         "fd10::5",
     ));
     assert_eq!(r.code, 0, "{}", r.output);
+    assert_eq!(r.output, "");
     assert_eq!(d.elements("staff_v4"), Some(ips(&["10.10.0.5"])));
+    assert_eq!(d.elements("staff_v6"), Some(ips(&["fd10::5"])));
+    assert_eq!(d.stored().len(), 1);
     assert!(
         d.log().contains("disconnect of an unknown session"),
         "{}",
@@ -141,6 +209,15 @@ fn late_disconnect_keeps_new_owner() {
     );
     assert_eq!(d.elements("staff_v4"), Some(ips(&["10.10.0.5"])));
     assert_eq!(d.elements("staff_v6"), Some(ips(&["fd10::5"])));
+    assert_eq!(
+        d.stored(),
+        BTreeSet::from([(
+            "staff".into(),
+            "new".into(),
+            "10.10.0.5".into(),
+            "fd10::5".into()
+        )])
+    );
     // B's own disconnect does.
     assert_eq!(
         d.hook(&disconnect_vars("staff", "new", "10.10.0.5", "fd10::5"))
@@ -149,6 +226,7 @@ fn late_disconnect_keeps_new_owner() {
     );
     assert_eq!(d.elements("staff_v4"), Some(ips(&[])));
     assert_eq!(d.elements("staff_v6"), Some(ips(&[])));
+    assert!(d.stored().is_empty());
 }
 
 #[test]
@@ -336,56 +414,60 @@ fn daemon_unreachable_fails_fast() {
 #[test]
 fn concurrent_200_hooks_kernel_equals_store() {
     let d = Daemon::start(STAFF);
-    // 200 connects at once; then every third session disconnects, all at once.
-    let run = |event: &'static str, i: u32| {
-        let ip4 = format!("10.10.{}.{}", i / 200, i % 200 + 1);
-        let ip6 = format!("fd10::{:x}", i + 1);
-        let conn = format!("conn{i}");
+    // 200 hook processes at once. Session i holds address slot i % 140, so sessions
+    // 140..200 share an address with 0..60 (a reused pool address); every third
+    // session disconnects right after its connect, while the others still connect.
+    // The final state does not depend on the interleaving: an address stays iff a
+    // live session holds it.
+    const N: u32 = 200;
+    let slot = |i: u32| i % 140;
+    let ip4 = |i: u32| format!("10.10.{}.{}", slot(i) / 100, slot(i) % 100 + 1);
+    let ip6 = |i: u32| format!("fd10::{:x}", slot(i) + 1);
+    let leaves = |i: u32| i.is_multiple_of(3);
+    let hook = |event: &str, i: u32| {
+        let (conn, a4, a6) = (format!("conn{i}"), ip4(i), ip6(i));
         let vars = vec![
             ("VPN_EVENT", event),
             ("VPN_USER_ID", "user"),
             ("VPN_PROFILE_ID", "staff"),
             ("VPN_CONNECTION_ID", conn.as_str()),
-            ("VPN_IP_FOUR", ip4.as_str()),
-            ("VPN_IP_SIX", ip6.as_str()),
+            ("VPN_IP_FOUR", a4.as_str()),
+            ("VPN_IP_SIX", a6.as_str()),
+            ("VPN_PROTO", "wireguard"),
         ];
-        hook_as(&d.ns, &d.socket(), &vars, Who::Portal)
+        let r = hook_as(&d.ns, &d.socket(), &vars, Who::Portal);
+        assert_eq!(r.code, 0, "{event} conn{i}: {}", r.output);
     };
     std::thread::scope(|s| {
-        let handles: Vec<_> = (0..200).map(|i| s.spawn(move || run("C", i))).collect();
-        for h in handles {
-            let r = h.join().expect("hook thread");
-            assert_eq!(r.code, 0, "{}", r.output);
+        for i in 0..N {
+            s.spawn(move || {
+                hook("C", i);
+                if leaves(i) {
+                    hook("D", i);
+                }
+            });
         }
     });
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..200)
-            .filter(|i| i % 3 == 0)
-            .map(|i| s.spawn(move || run("D", i)))
-            .collect();
-        for h in handles {
-            let r = h.join().expect("hook thread");
-            assert_eq!(r.code, 0, "{}", r.output);
-        }
-    });
-    let live: Vec<u32> = (0..200).filter(|i| i % 3 != 0).collect();
-    let want4: BTreeSet<_> = live
+    let live: Vec<u32> = (0..N).filter(|&i| !leaves(i)).collect();
+    let want4: BTreeSet<IpAddr> = live.iter().map(|&i| ip4(i).parse().expect("ip")).collect();
+    let want6: BTreeSet<IpAddr> = live.iter().map(|&i| ip6(i).parse().expect("ip")).collect();
+    // The case mix is what makes this test worth running: some addresses go, some
+    // stay only because their other holder is live.
+    let holders = |k: u32| (0..N).filter(move |&i| slot(i) == k);
+    let gone = (0..140).filter(|&k| holders(k).all(leaves)).count();
+    let kept_by_other = (0..140)
+        .filter(|&k| holders(k).any(leaves) && !holders(k).all(leaves))
+        .count();
+    assert!(gone > 10 && kept_by_other > 10, "{gone} {kept_by_other}");
+
+    let want_store: BTreeSet<(String, String, String, String)> = live
         .iter()
-        .map(|i| {
-            format!("10.10.{}.{}", i / 200, i % 200 + 1)
-                .parse()
-                .expect("ip")
-        })
+        .map(|&i| ("staff".into(), format!("conn{i}"), ip4(i), ip6(i)))
         .collect();
-    let want6: BTreeSet<_> = live
-        .iter()
-        .map(|i| format!("fd10::{:x}", i + 1).parse().expect("ip"))
-        .collect();
+    assert_eq!(d.stored(), want_store);
     assert_eq!(d.elements("staff_v4"), Some(want4));
     assert_eq!(d.elements("staff_v6"), Some(want6));
-    let stored: BTreeSet<String> = d.stored().into_iter().map(|r| r.1).collect();
-    let want: BTreeSet<String> = live.iter().map(|i| format!("conn{i}")).collect();
-    assert_eq!(stored, want);
+    d.assert_kernel_matches_store(&["staff_v4", "staff_v6"]);
 }
 
 #[test]
@@ -400,38 +482,34 @@ fn restart_reconcile_removes_stale_and_readds_missing() {
         d.hook(&connect_vars("staff", "c2", "10.10.0.6", "")).code,
         0
     );
-    d.kill();
+    let stored = d.stored();
+    d.stop();
     // While the daemon is down: a stale element appears, a live one disappears.
-    d.ns.nft(&[
-        "add",
-        "element",
-        "inet",
-        "vpnfw",
-        "staff_v4",
-        "{ 10.10.9.9 }",
-    ]);
-    d.ns.nft(&[
-        "add",
-        "element",
-        "inet",
-        "vpnfw",
-        "staff_v6",
-        "{ fd10::99 }",
-    ]);
-    d.ns.nft(&[
-        "delete",
-        "element",
-        "inet",
-        "vpnfw",
-        "staff_v4",
-        "{ 10.10.0.5 }",
-    ]);
+    let nft_elem = |verb: &str, set: &str, addr: &str| {
+        d.ns.nft(&[
+            verb,
+            "element",
+            "inet",
+            "vpnfw",
+            set,
+            &format!("{{ {addr} }}"),
+        ]);
+    };
+    nft_elem("add", "staff_v4", "10.10.9.9");
+    nft_elem("add", "staff_v6", "fd10::99");
+    nft_elem("delete", "staff_v4", "10.10.0.5");
     d.restart();
     assert_eq!(
         d.elements("staff_v4"),
         Some(ips(&["10.10.0.5", "10.10.0.6"]))
     );
     assert_eq!(d.elements("staff_v6"), Some(ips(&["fd10::5"])));
+    assert_eq!(
+        d.stored(),
+        stored,
+        "reconcile repairs the kernel, not the store"
+    );
+    d.assert_kernel_matches_store(&["staff_v4", "staff_v6"]);
     let log = d.log();
     assert!(log.contains("added=1 deleted=2"), "{log}");
 }
@@ -454,15 +532,24 @@ fn restart_recreates_sets_after_ruleset_flush() {
 #[test]
 fn reconcile_10k_sessions_in_one_batch() {
     let mut d = Daemon::start(STAFF);
-    d.kill();
-    // 10,000 sessions straight into the store: far more than one 128 KiB netlink page.
+    // One session through the hook, so the store file, its schema and the sets exist.
+    assert_eq!(
+        d.hook(&connect_vars("staff", "c-live", "10.10.200.1", "fd10::1:0"))
+            .code,
+        0
+    );
+    d.stop();
+    // 10,000 more sessions straight into the store, in one transaction. 20,001
+    // elements are far more than one 128 KiB netlink page (about 8k IPv4 elements).
+    let addr4 = |i: u32| format!("10.10.{}.{}", i / 250, i % 250 + 1);
+    let addr6 = |i: u32| format!("fd10::{:x}", i + 1);
     let mut sql = String::from("BEGIN;\n");
     for i in 0..10_000u32 {
         sql.push_str(&format!(
-            "INSERT INTO sessions VALUES ('staff','c{i}','u{i}','wireguard','10.10.{}.{}','fd10::{:x}','staff_v4','staff_v6',0,'boot-one');\n",
-            i / 250,
-            i % 250 + 1,
-            i + 1
+            "INSERT INTO sessions (profile, conn_id, user_id, proto, ip4, ip6, set4, set6, since, boot_id) \
+             VALUES ('staff', 'c{i}', 'u{i}', 'wireguard', '{}', '{}', 'staff_v4', 'staff_v6', 0, 'boot-one');\n",
+            addr4(i),
+            addr6(i)
         ));
     }
     sql.push_str("COMMIT;\n");
@@ -473,10 +560,21 @@ fn reconcile_10k_sessions_in_one_batch() {
         .expect("sqlite3");
     std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), sql.as_bytes()).expect("sql");
     assert!(child.wait().expect("sqlite3").success());
+    // The kernel lost everything (say, `nft flush set` by hand while vpnfw was down).
+    d.ns.nft(&["flush", "set", "inet", "vpnfw", "staff_v4"]);
+    d.ns.nft(&["flush", "set", "inet", "vpnfw", "staff_v6"]);
     d.restart();
-    assert_eq!(d.elements("staff_v4").map(|s| s.len()), Some(10_000));
-    assert_eq!(d.elements("staff_v6").map(|s| s.len()), Some(10_000));
-    assert!(d.log().contains("added=20000"), "{}", d.log());
+
+    let mut want4: BTreeSet<IpAddr> = (0..10_000).map(|i| addr4(i).parse().expect("ip")).collect();
+    let mut want6: BTreeSet<IpAddr> = (0..10_000).map(|i| addr6(i).parse().expect("ip")).collect();
+    want4.insert("10.10.200.1".parse().expect("ip"));
+    want6.insert("fd10::1:0".parse().expect("ip"));
+    assert_eq!(d.elements("staff_v4"), Some(want4));
+    assert_eq!(d.elements("staff_v6"), Some(want6));
+    d.assert_kernel_matches_store(&["staff_v4", "staff_v6"]);
+    assert!(d.log().contains("added=20002 deleted=0"), "{}", d.log());
+    // All of it went to the kernel as one transaction.
+    assert_eq!(d.status()["netlink_batches"], 1, "{}", d.log());
 }
 
 #[test]

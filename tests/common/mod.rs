@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -35,9 +35,12 @@ impl Netns {
             std::process::id(),
             COUNTER.fetch_add(1, Ordering::SeqCst)
         );
+        sweep_orphans();
         run_ok(Command::new("ip").args(["netns", "add", &name]));
-        run_ok(Command::new("ip").args(["-n", &name, "link", "set", "lo", "up"]));
-        Netns { name }
+        // The guard exists from here on, so a failure below still removes the namespace.
+        let ns = Netns { name };
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns
     }
 
     /// A command that runs inside the namespace.
@@ -127,6 +130,34 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// Removes namespaces left by earlier test processes that died without unwinding
+/// (SIGKILL, abort): `vpnfw-t-<pid>-<n>` whose `<pid>` no longer exists. Once per process.
+fn sweep_orphans() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else {
+                continue;
+            };
+            let Some(pid) = name
+                .strip_prefix("vpnfw-t-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                drop(Netns {
+                    name: name.to_string(),
+                });
+            }
+        }
+    });
 }
 
 /// Runs a command and panics with its output if it fails.
@@ -300,6 +331,26 @@ impl Daemon {
         }
     }
 
+    /// SIGTERM, as `systemctl stop` would; SIGKILL if it has not exited within 5 s.
+    pub fn stop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        // `ip netns exec` (and setpriv) exec the daemon: the child's pid is vpnfw's.
+        let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Ok(Some(_)) = c.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
@@ -342,6 +393,48 @@ impl Daemon {
             .collect()
     }
 
+    /// The addresses the store says each set must hold: `ip4` of every row in its
+    /// `set4`, `ip6` in its `set6` (read with the sqlite3 CLI, not through vpnfw).
+    pub fn stored_sets(&self) -> BTreeMap<String, BTreeSet<IpAddr>> {
+        let out = run_ok(
+            Command::new("sqlite3")
+                .arg("-separator")
+                .arg("|")
+                .arg(self.store())
+                .arg(
+                    "SELECT set4, ip4 FROM sessions WHERE ip4 IS NOT NULL \
+             UNION ALL SELECT set6, ip6 FROM sessions WHERE ip6 IS NOT NULL",
+                ),
+        );
+        let mut sets: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let (set, addr) = line.split_once('|').expect("set|addr");
+            sets.entry(set.to_string())
+                .or_default()
+                .insert(addr.parse().expect("stored address"));
+        }
+        sets
+    }
+
+    /// Asserts that every set in `sets` (and every set the store names) holds exactly
+    /// the addresses of the store's sessions: no stale element, none missing.
+    pub fn assert_kernel_matches_store(&self, sets: &[&str]) {
+        let stored = self.stored_sets();
+        let names: BTreeSet<&str> = sets
+            .iter()
+            .copied()
+            .chain(stored.keys().map(String::as_str))
+            .collect();
+        for set in names {
+            let want = stored.get(set).cloned().unwrap_or_default();
+            assert_eq!(
+                self.elements(set),
+                Some(want),
+                "kernel set {set} differs from the store"
+            );
+        }
+    }
+
     /// Runs the hook as the portal does; see [`hook_as`].
     pub fn hook(&self, vars: &[(&str, &str)]) -> HookResult {
         hook_as(&self.ns, &self.socket(), vars, Who::Portal)
@@ -350,7 +443,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.kill();
+        self.stop();
     }
 }
 
