@@ -94,6 +94,9 @@ fn main() -> ExitCode {
     if std::env::args_os().len() == 1 && std::env::var_os("VPN_EVENT").is_some() {
         return exit_code(client::run_hook());
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return exit_code(generate(Generate::parse_from(std::env::args_os().skip(1))));
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         None if std::env::var_os("VPN_EVENT").is_some() => client::run_hook(),
@@ -405,5 +408,47 @@ fn check(path: &Path) -> i32 {
         exit::PROBLEM
     } else {
         exit::OK
+    }
+}
+
+// `vpnfw generate man|completions <DIR>`, hidden from --help: packaging/build-assets.sh
+// writes the man pages and completions with it, so they cannot disagree with --help.
+// A parser of its own rather than a hidden variant of `Command`: clap_complete
+// completes hidden subcommands too, and both must describe only the public interface.
+#[derive(Parser)]
+#[command(
+    name = "vpnfw-generate",
+    bin_name = "vpnfw generate",
+    about = "Write the man pages or shell completions (for packaging)"
+)]
+enum Generate {
+    /// Write vpnfw.1 and one vpnfw-<command>.1 per command into DIR.
+    Man { dir: PathBuf },
+    /// Write bash (vpnfw.bash), zsh (_vpnfw) and fish (vpnfw.fish) completions into DIR.
+    Completions { dir: PathBuf },
+}
+
+fn generate(what: Generate) -> i32 {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+
+    let result = match &what {
+        Generate::Man { dir } => std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(Cli::command(), dir)),
+        Generate::Completions { dir } => std::fs::create_dir_all(dir).and_then(|()| {
+            [Shell::Bash, Shell::Zsh, Shell::Fish]
+                .into_iter()
+                .try_for_each(|shell| {
+                    clap_complete::generate_to(shell, &mut Cli::command(), "vpnfw", dir).map(drop)
+                })
+        }),
+    };
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => {
+            let (Generate::Man { dir } | Generate::Completions { dir }) = &what;
+            eprintln!("vpnfw generate: cannot write into {}: {e}", dir.display());
+            exit::PROBLEM
+        }
     }
 }
