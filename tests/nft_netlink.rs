@@ -15,11 +15,30 @@ const T: &str = "vpnfw";
 
 fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
     std::thread::spawn(move || {
+        let host = netns_id();
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET): run the tests as root");
+        // Never run against the host's ruleset, whatever happened above.
+        assert_ne!(netns_id(), host, "still in the host's network namespace");
         f();
     })
     .join()
     .expect("test thread panicked");
+}
+
+/// The network namespace of the calling thread.
+fn netns_id() -> std::path::PathBuf {
+    std::fs::read_link("/proc/thread-self/ns/net").expect("/proc/thread-self/ns/net")
+}
+
+/// NFT_MSG_DESTROYSETELEM arrived in Linux 6.3 (backports may have it earlier).
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
+    let mut parts = release
+        .trim()
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
 }
 
 fn nft(args: &[&str]) -> String {
@@ -184,7 +203,12 @@ fn deleting_absent_elements_succeeds(legacy: bool) {
         let mut n = Nft::open().expect("open");
         if legacy {
             n.force_legacy_delete();
+        } else if kernel_at_least(6, 3) {
+            assert!(n.uses_destroy(), "the probe must find DESTROYSETELEM here");
         }
+        // Batches an absent delete costs: one with DESTROYSETELEM; with DELSETELEM the
+        // ENOENT abort, then the retry without it.
+        let absent_cost = if n.uses_destroy() { 1 } else { 2 };
         staff_sets(&mut n);
         n.apply(
             T,
@@ -199,18 +223,32 @@ fn deleting_absent_elements_succeeds(legacy: bool) {
             adds: vec![add("staff_v4", "10.0.0.3")],
             dels: vec![del("staff_v4", "10.0.0.1"), del("staff_v4", "10.9.9.9")],
         };
+        let before = n.batches();
         n.apply(T, &plan).expect("absent deletes are not an error");
+        assert_eq!(n.batches() - before, absent_cost, "batches for the plan");
         assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.2", "10.0.0.3"]));
+        // Present deletes only: one batch on either path.
+        let before = n.batches();
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![],
+                dels: vec![del("staff_v4", "10.0.0.2")],
+            },
+        )
+        .expect("present delete");
+        assert_eq!(n.batches() - before, 1, "no retry without absent elements");
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.3"]));
         // Only absent deletes.
         n.apply(
             T,
             &Plan {
                 adds: vec![],
-                dels: vec![del("staff_v4", "10.9.9.9")],
+                dels: vec![del("staff_v4", "10.9.9.9"), del("staff_v4", "10.0.0.2")],
             },
         )
         .expect("noop");
-        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.2", "10.0.0.3"]));
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.3"]));
     });
 }
 
@@ -245,11 +283,13 @@ fn a_failing_batch_changes_nothing() {
             dels: vec![del("staff_v4", "10.0.0.1")],
         };
         let err = n.apply(T, &plan).expect_err("staff_v6 is gone");
-        assert!(
-            matches!(err, NftError::Kernel { .. } | NftError::SetMissing { .. }),
-            "{err:?}"
-        );
-        assert!(err.to_string().contains("staff_v6"), "{err}");
+        match &err {
+            NftError::Kernel { what, source } => {
+                assert_eq!(what, "add fd00::2 to set staff_v6");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{err}");
+            }
+            other => panic!("expected the kernel's refusal, got {other:?}"),
+        }
         assert_eq!(
             cli_elements("staff_v4"),
             strs(&["10.0.0.1"]),
@@ -287,8 +327,17 @@ fn twenty_thousand_elements_in_one_batch_and_dump() {
 }
 
 #[test]
-fn interval_sets_single_addresses_keep_neighbours() {
-    in_netns(|| {
+fn interval_sets_single_addresses_keep_neighbours_with_destroy() {
+    interval_sets_single_addresses_keep_neighbours(false);
+}
+
+#[test]
+fn interval_sets_single_addresses_keep_neighbours_with_legacy_delete() {
+    interval_sets_single_addresses_keep_neighbours(true);
+}
+
+fn interval_sets_single_addresses_keep_neighbours(legacy: bool) {
+    in_netns(move || {
         nft(&["add", "table", "inet", T]);
         nft(&[
             "add",
@@ -309,6 +358,9 @@ fn interval_sets_single_addresses_keep_neighbours() {
         // An admin's range that vpnfw must leave alone.
         nft(&["add", "element", "inet", T, "iv_v4", "{ 192.168.0.0/24 }"]);
         let mut n = Nft::open().expect("open");
+        if legacy {
+            n.force_legacy_delete();
+        }
         let plan = Plan {
             adds: vec![
                 add("iv_v4", "10.0.0.1"),
@@ -330,6 +382,19 @@ fn interval_sets_single_addresses_keep_neighbours() {
             },
         )
         .expect("delete the middle one");
+        // Absent ones, including one inside the admin's range, which stays whole.
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![],
+                dels: vec![
+                    del("iv_v4", "10.0.0.2"),
+                    del("iv_v4", "192.168.0.7"),
+                    del("iv_v6", "fd00::1"),
+                ],
+            },
+        )
+        .expect("absent deletes in interval sets");
         let sets = n.list_sets(T).expect("list").expect("table");
         let v4 = sets
             .iter()
@@ -385,5 +450,131 @@ fn missing_table_and_set_are_named() {
             .expect_err("no set");
         assert!(matches!(err, NftError::SetMissing { .. }), "{err:?}");
         assert!(err.to_string().contains("nope_v4"), "{err}");
+    });
+}
+
+#[test]
+fn probe_tells_known_from_unknown_types_and_commits_nothing() {
+    in_netns(|| {
+        let check = |n: &mut Nft| {
+            if kernel_at_least(6, 3) {
+                assert!(n.uses_destroy(), "DESTROYSETELEM exists since 6.3");
+            }
+            assert!(
+                n.probe_msg_type(libc::NFT_MSG_NEWSETELEM as u16),
+                "NEWSETELEM"
+            );
+            assert!(
+                n.probe_msg_type(libc::NFT_MSG_DELSETELEM as u16),
+                "DELSETELEM"
+            );
+            assert!(!n.probe_msg_type(99), "no such message type");
+            assert_eq!(n.probe_msg_type(30), n.uses_destroy());
+            assert_eq!(n.batches(), 0, "probes are not counted as batches");
+        };
+        // The probe's table does not exist: known types answer ENOENT.
+        check(&mut Nft::open().expect("open"));
+        assert_eq!(nft(&["list", "ruleset"]), "", "probes never commit");
+        // A table of exactly the name the probe aims at, holding the probe's element:
+        // the probe's messages succeed there, yet nothing may be committed.
+        let probe_table = "vpnfw-probe-no-such-table";
+        nft(&["add", "table", "inet", probe_table]);
+        nft(&[
+            "add",
+            "set",
+            "inet",
+            probe_table,
+            "probe",
+            "{ type ipv4_addr; }",
+        ]);
+        nft(&[
+            "add",
+            "element",
+            "inet",
+            probe_table,
+            "probe",
+            "{ 0.0.0.0 }",
+        ]);
+        let before = nft(&["list", "ruleset"]);
+        check(&mut Nft::open().expect("open"));
+        assert_eq!(nft(&["list", "ruleset"]), before, "probes never commit");
+    });
+}
+
+#[test]
+fn comments_up_to_nfts_limit_are_kept_longer_ones_cut() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        let exact = "x".repeat(128);
+        let long = format!("{}{}", "y".repeat(128), "z".repeat(72));
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![
+                    ElemAdd {
+                        comment: exact.clone(),
+                        ..add("staff_v4", "10.0.0.1")
+                    },
+                    ElemAdd {
+                        comment: long,
+                        ..add("staff_v4", "10.0.0.2")
+                    },
+                ],
+                dels: vec![],
+            },
+        )
+        .expect("apply");
+        let listing = nft(&["list", "set", "inet", T, "staff_v4"]);
+        assert!(
+            listing.contains(&format!("10.0.0.1 comment \"{exact}\"")),
+            "{listing}"
+        );
+        assert!(
+            listing.contains(&format!("10.0.0.2 comment \"{}\"", "y".repeat(128))),
+            "cut at 128 bytes: {listing}"
+        );
+        assert!(!listing.contains('z'), "{listing}");
+    });
+}
+
+#[test]
+fn a_plan_naming_a_missing_set_changes_nothing() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.1")],
+                dels: vec![],
+            },
+        )
+        .expect("add");
+        let before = nft(&["list", "ruleset"]);
+        let err = n
+            .apply(
+                T,
+                &Plan {
+                    adds: vec![
+                        add("staff_v4", "10.0.0.2"),
+                        add("staff_v6", "fd00::2"),
+                        add("nope_v4", "10.0.0.3"),
+                    ],
+                    dels: vec![del("staff_v4", "10.0.0.1")],
+                },
+            )
+            .expect_err("nope_v4 does not exist");
+        match &err {
+            NftError::SetMissing { table, set } => {
+                assert_eq!((table.as_str(), set.as_str()), (T, "nope_v4"));
+            }
+            other => panic!("expected SetMissing, got {other:?}"),
+        }
+        assert!(
+            err.to_string().contains("declare it"),
+            "tells what to do: {err}"
+        );
+        assert_eq!(nft(&["list", "ruleset"]), before, "nothing changed");
     });
 }

@@ -7,6 +7,7 @@
 mod conntrack;
 mod monitor;
 mod msg;
+mod probe;
 mod socket;
 
 pub use conntrack::Conntrack;
@@ -144,24 +145,32 @@ struct Step {
 
 impl Nft {
     /// Opens the netlink socket (needs CAP_NET_ADMIN in the current network namespace).
+    ///
+    /// Asks the kernel once whether it has NFT_MSG_DESTROYSETELEM (Linux ≥ 6.3, or a
+    /// backport), with a batch that can never commit (`probe.rs`).
     pub fn open() -> Result<Nft, NftError> {
         let sock = NlSocket::open().map_err(NftError::Open)?;
-        let delete = if kernel_has_destroy() {
-            DeleteMsg::Destroy
-        } else {
-            DeleteMsg::Delete
-        };
-        Ok(Nft {
+        let mut nft = Nft {
             sock,
             scratch: Scratch::new(),
             seq: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as u32)
                 .unwrap_or(1),
-            delete,
+            delete: DeleteMsg::Delete,
             sets: HashMap::new(),
             batches: 0,
-        })
+        };
+        if nft.kernel_knows(msg::NFT_MSG_DESTROYSETELEM as u16) {
+            nft.delete = DeleteMsg::Destroy;
+        }
+        Ok(nft)
+    }
+
+    fn kernel_knows(&mut self, msg_type: u16) -> bool {
+        let begin = self.next_seq();
+        let seq = self.next_seq();
+        probe::kernel_knows(&mut self.sock, &mut self.scratch, msg_type, begin, seq)
     }
 
     /// Uses DELSETELEM and its ENOENT fallback even on kernels with DESTROYSETELEM, as
@@ -169,6 +178,20 @@ impl Nft {
     #[doc(hidden)]
     pub fn force_legacy_delete(&mut self) {
         self.delete = DeleteMsg::Delete;
+    }
+
+    /// Whether deletes use NFT_MSG_DESTROYSETELEM (what the probe at `open` found,
+    /// unless `force_legacy_delete` was called).
+    #[doc(hidden)]
+    pub fn uses_destroy(&self) -> bool {
+        self.delete == DeleteMsg::Destroy
+    }
+
+    /// Runs the probe `open` runs for DESTROYSETELEM with any NFT_MSG_* type, so tests
+    /// can check that it tells a known type from an unknown one on the running kernel.
+    #[doc(hidden)]
+    pub fn probe_msg_type(&mut self, msg_type: u16) -> bool {
+        self.kernel_knows(msg_type)
     }
 
     /// Netlink port id of this socket: notifications caused by it carry this id.
@@ -655,17 +678,6 @@ fn push_range(out: &mut SetContents, first: IpAddr, last: IpAddr) {
     } else {
         out.ranges.push((first, last));
     }
-}
-
-/// NFT_MSG_DESTROYSETELEM arrived in Linux 6.3.
-fn kernel_has_destroy() -> bool {
-    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
-        return false;
-    };
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
-    let major: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    let minor: u32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-    (major, minor) >= (6, 3)
 }
 
 #[cfg(test)]
