@@ -578,3 +578,66 @@ fn a_plan_naming_a_missing_set_changes_nothing() {
         assert_eq!(nft(&["list", "ruleset"]), before, "nothing changed");
     });
 }
+
+#[test]
+fn a_refused_element_is_named_even_among_many() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        // A v6 address in a v4 set, in the middle of one message of 150 elements.
+        let mut adds: Vec<ElemAdd> = (1..=150u32)
+            .map(|i| add("staff_v4", &format!("10.0.{}.{}", i / 256, i % 256)))
+            .collect();
+        adds[70] = add("staff_v4", "fd00::70");
+        let err = n
+            .apply(T, &Plan { adds, dels: vec![] })
+            .expect_err("wrong family");
+        match &err {
+            NftError::Kernel { what, .. } => assert_eq!(what, "add fd00::70 to set staff_v4"),
+            other => panic!("expected the kernel's refusal, got {other:?}"),
+        }
+        assert_eq!(cli_elements("staff_v4"), strs(&[]), "nothing applied");
+    });
+}
+
+#[test]
+fn an_address_inside_an_admin_range_is_named() {
+    in_netns(|| {
+        nft(&["add", "table", "inet", T]);
+        nft(&[
+            "add",
+            "set",
+            "inet",
+            T,
+            "iv_v4",
+            "{ type ipv4_addr; flags interval; }",
+        ]);
+        nft(&["add", "element", "inet", T, "iv_v4", "{ 192.168.0.0/24 }"]);
+        let mut n = Nft::open().expect("open");
+        let err = n
+            .apply(
+                T,
+                &Plan {
+                    adds: vec![
+                        add("iv_v4", "10.0.0.1"),
+                        add("iv_v4", "192.168.0.7"),
+                        add("iv_v4", "10.0.0.3"),
+                    ],
+                    dels: vec![],
+                },
+            )
+            .expect_err("overlaps the admin's range");
+        match &err {
+            NftError::Kernel { what, .. } => {
+                assert!(what.starts_with("add 192.168.0.7 to set iv_v4 ("), "{what}");
+                assert!(what.contains("overlaps"), "{what}");
+            }
+            other => panic!("expected the kernel's refusal, got {other:?}"),
+        }
+        assert_eq!(
+            cli_elements("iv_v4"),
+            strs(&["192.168.0.0/24"]),
+            "nothing applied"
+        );
+    });
+}

@@ -4,6 +4,7 @@
 //! types. One `Nft` owns one netlink socket for its whole life: closing a socket after
 //! deletes costs the kernel 9–40 ms (DESIGN.md §3), so the daemon never does.
 
+mod blame;
 mod conntrack;
 mod monitor;
 mod msg;
@@ -141,6 +142,31 @@ struct Step {
     seq: u32,
     what: String,
     is_delete: bool,
+    /// Element messages: the set, and per wire element the address it is about (an
+    /// interval's end element is about the address before it).
+    set: String,
+    elems: Vec<IpAddr>,
+}
+
+impl Step {
+    /// The failing message in domain words; for an element message the element the
+    /// kernel blamed, when it said which (`blame.rs`).
+    fn describe(&self, batch: &[u8], bad_attr: Option<u32>, errno: i32) -> String {
+        let elem = bad_attr
+            .and_then(|bad| blame::elem_index(blame::find_msg(batch, self.seq)?, bad as usize))
+            .and_then(|i| self.elems.get(i));
+        match elem {
+            Some(addr) if self.is_delete => format!("delete {addr} from set {}", self.set),
+            // Adds never carry NLM_F_EXCL, so an identical element is no error: EEXIST
+            // means an interval overlap or a verdict-map element with other data.
+            Some(addr) if errno == libc::EEXIST => format!(
+                "add {addr} to set {} (an element already in the set overlaps or conflicts with it, e.g. an admin's range)",
+                self.set
+            ),
+            Some(addr) => format!("add {addr} to set {}", self.set),
+            None => self.what.clone(),
+        }
+    }
 }
 
 impl Nft {
@@ -272,6 +298,8 @@ impl Nft {
             seq,
             what: format!("creating table inet {table}"),
             is_delete: false,
+            set: String::new(),
+            elems: Vec::new(),
         });
         for (i, spec) in sets.iter().enumerate() {
             let cset = cname(&spec.name)?;
@@ -295,6 +323,8 @@ impl Nft {
                     spec.family.nft_type()
                 ),
                 is_delete: false,
+                set: spec.name.clone(),
+                elems: Vec::new(),
             });
         }
         let end = self.next_seq();
@@ -323,10 +353,11 @@ impl Nft {
         let only_absent_deletes = errors.iter().all(|(s, e)| {
             *e == libc::ENOENT && steps.iter().any(|st| st.seq == *s && st.is_delete)
         });
+        let bad_attr = self.sock.bad_attrs().get(&seq).copied();
         let what = steps
             .iter()
             .find(|s| s.seq == seq)
-            .map(|s| s.what.clone())
+            .map(|s| s.describe(out, bad_attr, errno))
             .unwrap_or_else(|| "the batch".to_string());
         Err((
             NftError::Kernel {
@@ -549,6 +580,14 @@ impl Nft {
                 seq,
                 what,
                 is_delete: msg_type != libc::NFT_MSG_NEWSETELEM,
+                set: set.to_string(),
+                elems: chunk
+                    .iter()
+                    .map(|e| match e.interval_end {
+                        true => predecessor(e.addr).unwrap_or(e.addr),
+                        false => e.addr,
+                    })
+                    .collect(),
             });
         }
         Ok(())

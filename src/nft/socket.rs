@@ -20,6 +20,11 @@ const NLMSG_HDRLEN: usize = 16;
 const NLMSG_ERROR: u16 = libc::NLMSG_ERROR as u16;
 const NLMSG_DONE: u16 = libc::NLMSG_DONE as u16;
 const NLM_F_DUMP_INTR: u16 = libc::NLM_F_DUMP_INTR as u16;
+// Extended ACKs (linux/netlink.h).
+const NETLINK_EXT_ACK: libc::c_int = 11;
+const NLM_F_CAPPED: u16 = 0x100;
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_OFFS: u16 = 2;
 
 /// One message in the receive buffer.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +50,9 @@ pub struct NlSocket {
     sock: mnl::Socket,
     buf: Vec<u64>,
     sndbuf: usize,
+    /// Per failing sequence number of the last batch: the byte offset, inside that
+    /// message, of the attribute the kernel blamed (extended ACK).
+    bad_attrs: BTreeMap<u32, u32>,
 }
 
 // SAFETY: the mnl socket is a heap object plus a file descriptor owned only by this
@@ -62,11 +70,15 @@ impl NlSocket {
             sock,
             buf: vec![0u64; RECV_BYTES / 8],
             sndbuf: 0,
+            bad_attrs: BTreeMap::new(),
         };
         s.grow_buffer(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, SO_RCVBUF_BYTES);
         // ACKs carry only the failing message's header, not its whole payload.
         let one: libc::c_int = 1;
         setsockopt(s.fd(), libc::SOL_NETLINK, libc::NETLINK_CAP_ACK, one);
+        // Errors then say which attribute failed: inside a message of many set
+        // elements, which element (Linux ≥ 4.12; ignored where unsupported).
+        setsockopt(s.fd(), libc::SOL_NETLINK, NETLINK_EXT_ACK, one);
         Ok(s)
     }
 
@@ -197,6 +209,46 @@ impl NlSocket {
         out
     }
 
+    /// The offset of the offending attribute an NLMSG_ERROR reports (extended ACK),
+    /// relative to the start of the failing message.
+    fn bad_attr_of(&self, m: &MsgRef) -> Option<u32> {
+        if m.flags & NLM_F_ACK_TLVS == 0 {
+            return None;
+        }
+        let msg = self.msg_bytes(m);
+        // struct nlmsgerr: errno, then the failing message's header, then (unless
+        // NLM_F_CAPPED) its payload; the TLVs follow, 4-byte aligned.
+        let orig_len = match msg.get(NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8) {
+            Some(b) => u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            None => return None,
+        };
+        let echoed = if m.flags & NLM_F_CAPPED != 0 {
+            NLMSG_HDRLEN
+        } else {
+            orig_len
+        };
+        let mut off = (NLMSG_HDRLEN + 4 + echoed + 3) & !3;
+        while let Some(h) = msg.get(off..off + 4) {
+            let len = u16::from_ne_bytes([h[0], h[1]]) as usize;
+            let ty = u16::from_ne_bytes([h[2], h[3]]) & 0x3fff;
+            if len < 4 {
+                return None;
+            }
+            if ty == NLMSGERR_ATTR_OFFS && len >= 8 {
+                let v = msg.get(off + 4..off + 8)?;
+                return Some(u32::from_ne_bytes([v[0], v[1], v[2], v[3]]));
+            }
+            off += (len + 3) & !3;
+        }
+        None
+    }
+
+    /// For each failing message of the last `batch`, the offset of the attribute the
+    /// kernel blamed, when it said.
+    pub fn bad_attrs(&self) -> &BTreeMap<u32, u32> {
+        &self.bad_attrs
+    }
+
     /// The errno an NLMSG_ERROR carries (0 for an ACK).
     fn errno_of(&self, m: &MsgRef) -> i32 {
         let b = self.bytes();
@@ -216,6 +268,7 @@ impl NlSocket {
         self.send(bytes)?;
         let mut pending: std::collections::HashSet<u32> = acked.iter().copied().collect();
         let mut errors = BatchErrors::new();
+        self.bad_attrs.clear();
         let mut waited = false;
         while !pending.is_empty() {
             let msgs = match self.recv(false)? {
@@ -240,6 +293,9 @@ impl NlSocket {
                 pending.remove(&m.seq);
                 if errno != 0 {
                     errors.insert(m.seq, errno);
+                    if let Some(off) = self.bad_attr_of(&m) {
+                        self.bad_attrs.insert(m.seq, off);
+                    }
                 }
             }
         }
