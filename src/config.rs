@@ -136,6 +136,9 @@ pub struct NftablesConfig {
     pub table: String,
     /// Create the table and sets that are missing.
     pub create: bool,
+    /// Also keep the verdict maps `vpnfw_dispatch_v4` / `vpnfw_dispatch_v6`
+    /// (`<address> : jump <profile>`) in step with the sets.
+    pub dispatch_map: bool,
 }
 
 impl Default for NftablesConfig {
@@ -143,6 +146,7 @@ impl Default for NftablesConfig {
         NftablesConfig {
             table: DEFAULT_TABLE.into(),
             create: true,
+            dispatch_map: false,
         }
     }
 }

@@ -22,6 +22,8 @@ pub struct ElemAdd {
     pub addr: IpAddr,
     /// Stored in the element's userdata as an nft comment (truncated by `nft`).
     pub comment: String,
+    /// Verdict maps only: the chain the element jumps to.
+    pub jump: Option<String>,
 }
 
 /// Everything one netlink batch must change. Applied all-or-nothing.
@@ -72,6 +74,7 @@ pub fn diff(desired: &Desired, actual: &Actual) -> Plan {
                 set: elem.set.clone(),
                 addr: elem.addr,
                 comment: comment.clone(),
+                jump: None,
             });
         }
     }

@@ -18,6 +18,15 @@ pub fn declarations(cfg: &Config, interval: bool) -> String {
     for p in &cfg.profiles {
         let sets = cfg.sets_for(&p.id);
         for (name, family) in [(&sets.set4, "ipv4_addr"), (&sets.set6, "ipv6_addr")] {
+            if !nft_can_parse(name) {
+                // Emitted anyway, so that loading fails right below this explanation
+                // instead of a policy silently missing a profile.
+                out.push_str(&format!(
+                    "    # nft cannot parse the set name {name} (it starts with a digit): \
+                     name it with ipv4_set / ipv6_set in [[profile]] {}\n",
+                    p.id
+                ));
+            }
             out.push_str(&format!(
                 "    set {name} {{ type {family};{flags} comment \"clients of profile {} (managed by vpnfw)\"; }}\n",
                 p.id
@@ -28,46 +37,245 @@ pub fn declarations(cfg: &Config, interval: bool) -> String {
     out
 }
 
-/// A `@set` the policy references that no configured profile manages.
+/// Configured set names the nft CLI cannot parse, so no ruleset file can declare or
+/// reference them (vpnfw itself can create them over netlink). eduVPN allows profile
+/// ids such as `2fa`; nft's scanner reads `2fa_v4` as a number followed by garbage, and
+/// refuses the quoted form too (measured with nftables 1.0.6).
+pub fn unparsable_set_names(cfg: &Config) -> Vec<String> {
+    cfg.configured_sets()
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|name| !nft_can_parse(name))
+        .collect()
+}
+
+fn nft_can_parse(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_' || c == '.')
+}
+
+/// A `@set` the policy references that vpnfw will never fill.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmanagedRef {
     pub set: String,
     /// The policy file declares it itself: it exists, but vpnfw will never fill it.
     pub declared_in_file: bool,
+    /// `Some("ip filter")` when the reference is made inside another table than
+    /// `inet <[nftables] table>`. Sets belong to their table, so such a `@staff_v4`
+    /// names a different, file-local set even when its name matches a profile's.
+    pub table: Option<String>,
 }
 
-/// Every `@set` the policy references that the config does not manage, sorted.
+/// The nft families a `table` statement may name; without one, nft assumes `ip`.
+const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
+
+/// A table as nft names it: (family, name).
+type TableId = (String, String);
+
+/// Every `@set` the policy references that vpnfw does not fill, sorted by table, then
+/// name. A reference counts as vpnfw's when it is made inside `table inet <table>` (or
+/// in a command that names that table, e.g. `add rule inet vpnfw …`) and the config
+/// manages the name; references whose table cannot be told (e.g. in a `define`) are
+/// judged by name alone. `include`d files are not read.
 pub fn unmanaged_set_refs(cfg: &Config, policy: &str) -> Vec<UnmanagedRef> {
     let managed: BTreeSet<String> = cfg.configured_sets().into_iter().map(|(n, _)| n).collect();
-    let mut declared = BTreeSet::new();
-    let mut referenced = BTreeSet::new();
-    for line in policy.lines() {
-        let code = line.split('#').next().unwrap_or("");
-        let words: Vec<&str> = code.split_whitespace().collect();
-        for pair in words.windows(2) {
-            if pair[0] == "set" || pair[0] == "map" {
-                declared.insert(pair[1].trim_end_matches('{').to_string());
+    let ours: TableId = ("inet".into(), cfg.nftables.table.clone());
+    let scan = scan(policy);
+    let mut out: Vec<UnmanagedRef> = scan
+        .referenced
+        .iter()
+        .filter_map(|(table, set)| {
+            let declared_in_file = match table {
+                Some(t) => scan.declared.contains(&(Some(t.clone()), set.clone())),
+                None => scan.declared.iter().any(|(_, s)| s == set),
+            };
+            match table {
+                Some(t) if *t != ours => Some(UnmanagedRef {
+                    set: set.clone(),
+                    declared_in_file,
+                    table: Some(format!("{} {}", t.0, t.1)),
+                }),
+                _ if managed.contains(set) => None,
+                _ => Some(UnmanagedRef {
+                    set: set.clone(),
+                    declared_in_file,
+                    table: None,
+                }),
             }
-        }
-        let mut rest = code;
-        while let Some(at) = rest.find('@') {
-            rest = &rest[at + 1..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                .collect();
-            if !name.is_empty() {
-                referenced.insert(name);
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.table, &a.set).cmp(&(&b.table, &b.set)));
+    out.dedup();
+    out
+}
+
+#[derive(Default)]
+struct Scan {
+    /// (table, set) for every `set NAME {` / `map NAME {` / `add set FAMILY TABLE NAME`.
+    declared: BTreeSet<(Option<TableId>, String)>,
+    /// (table the reference is made in, set) for every `@set`.
+    referenced: BTreeSet<(Option<TableId>, String)>,
+}
+
+/// A deliberately small reading of nft syntax: comments, quoted strings, braces and
+/// statement separators; enough to know which table each `@set` is used in.
+fn scan(policy: &str) -> Scan {
+    let mut scan = Scan::default();
+    // One entry per open brace: the table it opens, if it opens one.
+    let mut frames: Vec<Option<TableId>> = Vec::new();
+    // Tokens of the current statement at the current depth, and of the current
+    // top-level command (which may span braces: `add rule … { … }`).
+    let mut stmt: Vec<String> = Vec::new();
+    let mut top: Vec<String> = Vec::new();
+    for token in tokens(policy) {
+        match token.as_str() {
+            "{" => {
+                // Only a `table …` block scopes what is inside it; the braces of an
+                // anonymous set in `add rule … { … }` belong to that command.
+                let opened = if frames.is_empty() && stmt.iter().any(|w| w == "table") {
+                    table_of_command(&stmt)
+                } else {
+                    None
+                };
+                let table = frames.iter().flatten().last().cloned();
+                if let Some(name) = declared_name(&stmt) {
+                    let owner = if table.is_some() {
+                        table
+                    } else {
+                        table_of_command(&stmt)
+                    };
+                    scan.declared.insert((owner, name));
+                }
+                frames.push(opened);
+                stmt.clear();
+            }
+            "}" => {
+                frames.pop();
+                stmt.clear();
+            }
+            ";" | "\n" => {
+                stmt.clear();
+                if frames.is_empty() {
+                    top.clear();
+                }
+            }
+            _ => {
+                if !token.starts_with('"') {
+                    for name in references(&token) {
+                        let table = frames
+                            .iter()
+                            .flatten()
+                            .last()
+                            .cloned()
+                            .or_else(|| table_of_command(&top));
+                        scan.referenced.insert((table, name));
+                    }
+                }
+                stmt.push(token.clone());
+                top.push(token);
             }
         }
     }
-    referenced
-        .difference(&managed)
-        .map(|set| UnmanagedRef {
-            set: set.clone(),
-            declared_in_file: declared.contains(set),
+    scan
+}
+
+/// Words, quoted strings (kept whole, quotes included), and `{`, `}`, `;`, newline as
+/// tokens of their own; `#` starts a comment outside quotes.
+fn tokens(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut word = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '#' => break,
+                '"' => {
+                    flush(&mut word, &mut out);
+                    let mut quoted = String::from('"');
+                    for q in chars.by_ref() {
+                        quoted.push(q);
+                        if q == '"' {
+                            break;
+                        }
+                    }
+                    out.push(quoted);
+                }
+                '{' | '}' | ';' => {
+                    flush(&mut word, &mut out);
+                    out.push(c.to_string());
+                }
+                c if c.is_whitespace() => flush(&mut word, &mut out),
+                c => word.push(c),
+            }
+        }
+        flush(&mut word, &mut out);
+        out.push("\n".into());
+    }
+    out
+}
+
+fn flush(word: &mut String, out: &mut Vec<String>) {
+    if !word.is_empty() {
+        out.push(std::mem::take(word));
+    }
+}
+
+/// The set names a token references: `@staff_v4`, `{@a,@b}` pieces, `!=@x`.
+fn references(token: &str) -> Vec<String> {
+    token
+        .split('@')
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))
+                .collect::<String>()
+                .trim_end_matches('.')
+                .to_string()
         })
+        .filter(|name| !name.is_empty())
         .collect()
+}
+
+/// `table [FAMILY] NAME` anywhere in a command (`table inet vpnfw`, `add table ip x`),
+/// or the table of `add|insert|replace|create|delete rule|set|map|element|chain
+/// [FAMILY] TABLE …`.
+fn table_of_command(stmt: &[String]) -> Option<TableId> {
+    let words: Vec<&str> = stmt.iter().map(String::as_str).collect();
+    let at = words.iter().position(|w| {
+        matches!(
+            *w,
+            "table" | "rule" | "set" | "map" | "element" | "chain" | "flowtable"
+        )
+    })?;
+    if words[at] != "table"
+        && !matches!(
+            words.get(at.wrapping_sub(1)),
+            Some(&("add" | "insert" | "replace" | "create" | "delete" | "destroy"))
+        )
+    {
+        return None;
+    }
+    let rest = &words[at + 1..];
+    match rest {
+        [family, name, ..] if FAMILIES.contains(family) => {
+            Some((family.to_string(), name.to_string()))
+        }
+        [name, ..] if !FAMILIES.contains(name) => Some(("ip".into(), name.to_string())),
+        _ => None,
+    }
+}
+
+/// `set NAME` / `map NAME` inside a table, or `add set [FAMILY] TABLE NAME`, right
+/// before a `{`.
+fn declared_name(stmt: &[String]) -> Option<String> {
+    let words: Vec<&str> = stmt.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["set" | "map", name] => Some(name.to_string()),
+        [_, "set" | "map", family, _table, name] if FAMILIES.contains(family) => {
+            Some(name.to_string())
+        }
+        [_, "set" | "map", _table, name] => Some(name.to_string()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -83,6 +291,17 @@ mod tests {
         .expect("config")
     }
 
+    fn refs(policy: &str) -> Vec<(String, bool, Option<String>)> {
+        unmanaged_set_refs(&cfg(), policy)
+            .into_iter()
+            .map(|u| (u.set, u.declared_in_file, u.table))
+            .collect()
+    }
+
+    fn r(set: &str, declared: bool, table: Option<&str>) -> (String, bool, Option<String>) {
+        (set.into(), declared, table.map(str::to_string))
+    }
+
     #[test]
     fn declarations_name_every_set_with_its_type() {
         let text = declarations(&cfg(), false);
@@ -91,7 +310,34 @@ mod tests {
         assert!(text.contains("set staff_v6 { type ipv6_addr;"));
         assert!(text.contains("set stud4 { type ipv4_addr;"));
         assert!(text.contains("set stud6 { type ipv6_addr;"));
+        assert!(!text.contains("flags interval"));
         assert!(declarations(&cfg(), true).contains("type ipv4_addr; flags interval;"));
+    }
+
+    #[test]
+    fn declarations_use_the_configured_table() {
+        let cfg = Config::parse(
+            Path::new("t.toml"),
+            "[nftables]\ntable = \"edu\"\n[[profile]]\nid = \"staff\"\n",
+        )
+        .expect("config");
+        assert!(declarations(&cfg, false).contains("table inet edu {"));
+    }
+
+    #[test]
+    fn set_names_nft_cannot_parse_are_explained() {
+        let cfg = Config::parse(
+            Path::new("t.toml"),
+            "[[profile]]\nid = \"2fa\"\n[[profile]]\nid = \"staff\"\n",
+        )
+        .expect("config");
+        assert_eq!(unparsable_set_names(&cfg), vec!["2fa_v4", "2fa_v6"]);
+        let text = declarations(&cfg, false);
+        assert!(
+            text.contains("# nft cannot parse the set name 2fa_v4"),
+            "{text}"
+        );
+        assert!(unparsable_set_names(&self::cfg()).is_empty());
     }
 
     #[test]
@@ -106,18 +352,101 @@ mod tests {
               ip saddr @guests_v4 drop\n\
               # ip saddr @commented_out accept\n\
             }\n}\n";
-        let r = unmanaged_set_refs(&cfg(), policy);
-        let names: Vec<(&str, bool)> = r
-            .iter()
-            .map(|u| (u.set.as_str(), u.declared_in_file))
-            .collect();
         assert_eq!(
-            names,
+            refs(policy),
             vec![
-                ("guests_v4", false),
-                ("internal_v4", true),
-                ("students_v4", false)
+                r("guests_v4", false, None),
+                r("internal_v4", true, None),
+                r("students_v4", false, None),
             ]
         );
+    }
+
+    #[test]
+    fn the_shipped_policy_style_is_clean() {
+        let policy = "define UPLINK = \"eth0\"\nflush ruleset\n\
+            table inet vpnfw {\n\
+              set staff_v4 { type ipv4_addr; comment \"clients of @staff\"; }\n\
+              chain vpn_clients {\n\
+                ip saddr @staff_v4 jump staff\n\
+                ip6 saddr @staff_v6 jump staff\n\
+                ip saddr @stud4 jump students; ip6 saddr @stud6 jump students\n\
+                counter drop comment \"not in @any set\"\n\
+              }\n\
+            }\n";
+        assert_eq!(refs(policy), vec![]);
+    }
+
+    #[test]
+    fn a_reference_in_another_table_is_not_vpnfws_set() {
+        // nft resolves @staff_v4 in the table the rule is in: this is filter's own
+        // staff_v4, which vpnfw never fills, so the policy would never match a client.
+        let policy = "table ip filter {\n\
+              set staff_v4 { type ipv4_addr; }\n\
+              chain forward { type filter hook forward priority 0;\n\
+                ip saddr @staff_v4 accept\n\
+                ip saddr @nowhere accept\n\
+              }\n\
+            }\n\
+            table inet vpnfw { chain c { ip saddr @staff_v4 accept; } }\n";
+        assert_eq!(
+            refs(policy),
+            vec![
+                r("nowhere", false, Some("ip filter")),
+                r("staff_v4", true, Some("ip filter")),
+            ]
+        );
+    }
+
+    #[test]
+    fn flat_commands_name_their_table() {
+        let policy = "add table inet vpnfw\n\
+            add rule inet vpnfw forward ip saddr @staff_v4 accept\n\
+            add rule filter forward ip saddr @staff_v6 accept\n\
+            add set inet vpnfw lab_v4 { type ipv4_addr; }\n\
+            insert rule inet vpnfw forward ip saddr { 10.0.0.1 } ip daddr @lab_v4 accept\n";
+        assert_eq!(
+            refs(policy),
+            vec![
+                r("lab_v4", true, None),
+                r("staff_v6", false, Some("ip filter")),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_table_in_a_custom_table_name_is_ours() {
+        let cfg = Config::parse(
+            Path::new("t.toml"),
+            "[nftables]\ntable = \"edu\"\n[[profile]]\nid = \"staff\"\n",
+        )
+        .expect("config");
+        let inside = |table: &str| {
+            unmanaged_set_refs(
+                &cfg,
+                &format!("table {table} {{\n chain c {{ ip saddr @staff_v4 accept\n }}\n}}\n"),
+            )
+        };
+        assert_eq!(inside("inet edu"), vec![]);
+        assert_eq!(
+            inside("inet vpnfw"),
+            vec![UnmanagedRef {
+                set: "staff_v4".into(),
+                declared_in_file: false,
+                table: Some("inet vpnfw".into()),
+            }]
+        );
+    }
+
+    #[test]
+    fn references_inside_strings_and_comments_do_not_count() {
+        let policy = "table inet vpnfw {\n\
+              chain c {\n\
+                ip saddr @staff_v4 counter comment \"see @nothing; {\" accept # @gone\n\
+                ip saddr != @staff_v4 drop\n\
+                ip saddr . tcp dport { 10.0.0.1 . 22 } accept\n\
+              }\n\
+            }\n";
+        assert_eq!(refs(policy), vec![]);
     }
 }

@@ -308,6 +308,7 @@ impl Ledger {
                     set: elem.set,
                     addr: elem.addr,
                     comment,
+                    jump: None,
                 }),
                 (true, false, _) => plan.dels.push(elem),
                 _ => {}

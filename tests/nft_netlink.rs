@@ -93,6 +93,7 @@ fn add(set: &str, addr: &str) -> ElemAdd {
         set: set.into(),
         addr: ip(addr),
         comment: format!("user=u conn={addr}"),
+        jump: None,
     }
 }
 
@@ -110,10 +111,12 @@ fn staff_sets(n: &mut Nft) {
             SetSpec {
                 name: "staff_v4".into(),
                 family: Family::V4,
+                verdict_map: false,
             },
             SetSpec {
                 name: "staff_v6".into(),
                 family: Family::V6,
+                verdict_map: false,
             },
         ],
     )
@@ -156,6 +159,7 @@ fn create_refuses_a_set_of_another_type() {
                 &[SetSpec {
                     name: "staff_v4".into(),
                     family: Family::V4,
+                    verdict_map: false,
                 }],
             )
             .expect_err("type clash");
@@ -308,6 +312,7 @@ fn twenty_thousand_elements_in_one_batch_and_dump() {
                 set: "staff_v4".into(),
                 addr: IpAddr::V4((0x0a00_0000 + i).into()),
                 comment: "user=someone@example.org conn=0123456789abcdef0123456789abcdef".into(),
+                jump: None,
             })
             .collect();
         let before = n.batches();

@@ -19,6 +19,28 @@ use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
 use crate::session::{Change, Edit, Ledger, Session, SessionKey};
 use crate::store::{Store, StoreError};
 
+/// The dispatch verdict maps, one per family (`[nftables] dispatch_map`).
+const DISPATCH_V4: &str = "vpnfw_dispatch_v4";
+const DISPATCH_V6: &str = "vpnfw_dispatch_v6";
+
+fn dispatch_map(family: Family) -> &'static str {
+    match family {
+        Family::V4 => DISPATCH_V4,
+        Family::V6 => DISPATCH_V6,
+    }
+}
+
+fn is_dispatch_map(set: &str) -> bool {
+    set == DISPATCH_V4 || set == DISPATCH_V6
+}
+
+fn family_of(addr: IpAddr) -> Family {
+    match addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
 /// Elements a reconcile report lists (the summary always has the full counts).
 const REPORT_LIST: usize = 1000;
 
@@ -363,6 +385,9 @@ impl Writer {
                         )));
                     }
                     wanted.push((sets.set_for(family).to_string(), family));
+                    if self.config.nftables.dispatch_map {
+                        wanted.push((dispatch_map(family).to_string(), family));
+                    }
                 }
                 self.ensure_sets(&wanted)
                     .map_err(|e| Rejection::Failed(e.to_string()))?;
@@ -444,6 +469,7 @@ impl Writer {
                 None if self.config.nftables.create => to_create.push(SetSpec {
                     name: name.clone(),
                     family: *family,
+                    verdict_map: is_dispatch_map(name),
                 }),
                 None => {
                     return Err(NftError::SetMissing {
@@ -483,6 +509,13 @@ impl Writer {
     }
 
     fn persist(&mut self, changes: &[Change], plan: &Plan) -> Result<(), WriterError> {
+        let dispatched;
+        let plan = if self.config.nftables.dispatch_map {
+            dispatched = self.with_dispatch(plan);
+            &dispatched
+        } else {
+            plan
+        };
         let mut keys: Vec<SessionKey> = Vec::new();
         let mut seen = HashSet::new();
         for c in changes {
@@ -622,6 +655,46 @@ impl Writer {
         edits
     }
 
+    /// The profile whose set this is: configured profiles by their set names, others by
+    /// the `<id>_v4` / `<id>_v6` convention.
+    fn profile_of_set(&self, set: &str) -> Option<String> {
+        for p in &self.config.profiles {
+            let s = self.config.sets_for(&p.id);
+            if s.set4 == set || s.set6 == set {
+                return Some(p.id.to_string());
+            }
+        }
+        let id = set
+            .strip_suffix("_v4")
+            .or_else(|| set.strip_suffix("_v6"))?;
+        crate::event::ProfileId::parse(id)
+            .ok()
+            .map(|p| p.to_string())
+    }
+
+    /// The plan plus the matching dispatch-map changes: every address added to a
+    /// profile's set gets `<address> : jump <profile>`, every address removed loses it.
+    fn with_dispatch(&self, plan: &Plan) -> Plan {
+        let mut out = plan.clone();
+        for a in &plan.adds {
+            if let Some(profile) = self.profile_of_set(&a.set) {
+                out.adds.push(ElemAdd {
+                    set: dispatch_map(family_of(a.addr)).to_string(),
+                    addr: a.addr,
+                    comment: a.comment.clone(),
+                    jump: Some(profile),
+                });
+            }
+        }
+        for d in &plan.dels {
+            out.dels.push(ElemRef {
+                set: dispatch_map(family_of(d.addr)).to_string(),
+                addr: d.addr,
+            });
+        }
+        out
+    }
+
     /// Best effort after a failed store commit: put the touched elements back.
     fn revert_kernel(&mut self, plan: &Plan) {
         let mut undo = Plan::default();
@@ -636,6 +709,7 @@ impl Writer {
                 set: d.set.clone(),
                 addr: d.addr,
                 comment: String::new(),
+                jump: None,
             });
         }
         let table = self.config.nftables.table.clone();
@@ -653,6 +727,10 @@ impl Writer {
         }
         for (name, fam) in self.store.managed_sets()? {
             sets.entry(name).or_insert(fam);
+        }
+        if self.config.nftables.dispatch_map {
+            sets.insert(DISPATCH_V4.to_string(), Family::V4);
+            sets.insert(DISPATCH_V6.to_string(), Family::V6);
         }
         for s in ledger.sessions() {
             if s.ip4.is_some() {
@@ -696,6 +774,7 @@ impl Writer {
                     to_create.push(SetSpec {
                         name: name.clone(),
                         family: *family,
+                        verdict_map: is_dispatch_map(name),
                     });
                     usable.push((name.clone(), *family));
                 }
@@ -730,9 +809,35 @@ impl Writer {
             };
             actual.insert(name.clone(), addrs);
         }
+        let mut jumps: HashMap<ElemRef, String> = HashMap::new();
+        if self.config.nftables.dispatch_map {
+            let mapped: Vec<(ElemRef, String, String)> = desired
+                .iter()
+                .filter_map(|(e, comment)| {
+                    let profile = self.profile_of_set(&e.set)?;
+                    let elem = ElemRef {
+                        set: dispatch_map(family_of(e.addr)).to_string(),
+                        addr: e.addr,
+                    };
+                    Some((elem, comment.clone(), profile))
+                })
+                .collect();
+            for (elem, comment, profile) in mapped {
+                jumps.insert(elem.clone(), profile);
+                desired.insert(elem, comment);
+            }
+        }
         desired.retain(|e, _| actual.contains_key(&e.set));
         let t_dump = started.elapsed();
-        let plan = reconcile::diff(&desired, &actual);
+        let mut plan = reconcile::diff(&desired, &actual);
+        for a in &mut plan.adds {
+            if is_dispatch_map(&a.set) {
+                a.jump = jumps.remove(&ElemRef {
+                    set: a.set.clone(),
+                    addr: a.addr,
+                });
+            }
+        }
         let t_diff = started.elapsed();
         let summary = Summary {
             sets: actual.len(),

@@ -46,6 +46,8 @@ impl Family {
 pub struct SetSpec {
     pub name: String,
     pub family: Family,
+    /// A verdict map (`type <addr> : verdict`) instead of a plain set.
+    pub verdict_map: bool,
 }
 
 /// The key type of a set as the kernel reports it.
@@ -310,7 +312,7 @@ impl Nft {
                 seq,
                 &ctable,
                 &cset,
-                spec.family,
+                spec,
                 i as u32 + 1,
             ) {
                 return Err(NftError::Parse("cannot allocate a set message".into()));
@@ -486,11 +488,15 @@ impl Nft {
         for d in &plan.dels {
             dels.entry(d.set.as_str()).or_default().push(d.addr);
         }
-        let mut adds: BTreeMap<&str, Vec<(IpAddr, &str)>> = BTreeMap::new();
+        // Per set: address, comment, jump target (verdict maps).
+        type Adds<'p> = BTreeMap<&'p str, Vec<(IpAddr, &'p str, Option<&'p str>)>>;
+        let mut adds: Adds = BTreeMap::new();
         for a in &plan.adds {
-            adds.entry(a.set.as_str())
-                .or_default()
-                .push((a.addr, a.comment.as_str()));
+            adds.entry(a.set.as_str()).or_default().push((
+                a.addr,
+                a.comment.as_str(),
+                a.jump.as_deref(),
+            ));
         }
         let mut interval: HashMap<String, bool> = HashMap::new();
         for set in dels.keys().chain(adds.keys()) {
@@ -508,7 +514,7 @@ impl Nft {
         let begin = self.next_seq();
         msg::batch_begin(&mut self.scratch, &mut out, begin);
         for (set, addrs) in &dels {
-            let elems = wire_elems(addrs.iter().map(|a| (*a, None)), interval[*set]);
+            let elems = wire_elems(addrs.iter().map(|a| (*a, None, None)), interval[*set]);
             self.push_elems(
                 &mut out,
                 &mut steps,
@@ -521,7 +527,10 @@ impl Nft {
             )?;
         }
         for (set, addrs) in &adds {
-            let elems = wire_elems(addrs.iter().map(|(a, c)| (*a, Some(*c))), interval[*set]);
+            let elems = wire_elems(
+                addrs.iter().map(|(a, c, j)| (*a, Some(*c), *j)),
+                interval[*set],
+            );
             self.push_elems(
                 &mut out,
                 &mut steps,
@@ -601,21 +610,23 @@ fn cname(s: &str) -> Result<CString, NftError> {
 /// Single addresses as wire elements: in interval sets a start plus an end element
 /// one past it (none after the family's last address, as `nft` does).
 fn wire_elems<'a>(
-    addrs: impl Iterator<Item = (IpAddr, Option<&'a str>)>,
+    addrs: impl Iterator<Item = (IpAddr, Option<&'a str>, Option<&'a str>)>,
     interval: bool,
 ) -> Vec<Elem<'a>> {
     let mut out = Vec::new();
-    for (addr, comment) in addrs {
+    for (addr, comment, jump) in addrs {
         out.push(Elem {
             addr,
             interval_end: false,
             comment,
+            jump,
         });
         if let Some(next) = successor(addr).filter(|_| interval) {
             out.push(Elem {
                 addr: next,
                 interval_end: true,
                 comment: None,
+                jump: None,
             });
         }
     }
@@ -761,13 +772,13 @@ mod tests {
 
     #[test]
     fn interval_elements_for_single_addresses() {
-        let e = wire_elems([(ip("10.0.0.1"), Some("c"))].into_iter(), true);
+        let e = wire_elems([(ip("10.0.0.1"), Some("c"), None)].into_iter(), true);
         assert_eq!(e.len(), 2);
         assert_eq!(e[1].addr, ip("10.0.0.2"));
         assert!(e[1].interval_end && !e[0].interval_end);
-        let e = wire_elems([(ip("255.255.255.255"), None)].into_iter(), true);
+        let e = wire_elems([(ip("255.255.255.255"), None, None)].into_iter(), true);
         assert_eq!(e.len(), 1, "no end element after the last address");
-        let e = wire_elems([(ip("fd00::1"), None)].into_iter(), false);
+        let e = wire_elems([(ip("fd00::1"), None, None)].into_iter(), false);
         assert_eq!(e.len(), 1);
     }
 }

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use nftnl_sys as sys;
 use nftnl_sys::libc;
 
-use super::{Family, KeyType};
+use super::{Family, KeyType, SetSpec};
 
 /// NFPROTO_INET: every vpnfw table is `inet`.
 pub const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
@@ -143,6 +143,22 @@ impl Set {
                     4,
                 );
             }
+            if let Some(chain) = elem.jump.and_then(cstring) {
+                let verdict = libc::NFT_JUMP as u32;
+                sys::nftnl_set_elem_set(
+                    e.as_ptr(),
+                    sys::NFTNL_SET_ELEM_VERDICT as u16,
+                    (&verdict as *const u32).cast::<c_void>(),
+                    4,
+                );
+                // libnftnl copies the NUL-terminated chain name.
+                sys::nftnl_set_elem_set(
+                    e.as_ptr(),
+                    sys::NFTNL_SET_ELEM_CHAIN as u16,
+                    chain.as_ptr().cast::<c_void>(),
+                    chain.as_bytes_with_nul().len() as u32,
+                );
+            }
             if let Some(comment) = elem.comment.filter(|c| !c.is_empty()) {
                 let udata = comment_udata(comment);
                 sys::nftnl_set_elem_set(
@@ -172,6 +188,8 @@ pub struct Elem<'a> {
     /// The end element of an interval (`NFT_SET_ELEM_INTERVAL_END`).
     pub interval_end: bool,
     pub comment: Option<&'a str>,
+    /// Verdict maps: `jump <chain>` as the element's data.
+    pub jump: Option<&'a str>,
 }
 
 fn key_bytes(addr: IpAddr) -> ([u8; 16], u32) {
@@ -263,13 +281,19 @@ pub fn new_set(
     seq: u32,
     table: &CStr,
     name: &CStr,
-    family: Family,
+    spec: &SetSpec,
     id: u32,
 ) -> bool {
     let Some(mut s) = Set::new(table, Some(name)) else {
         return false;
     };
-    let (ty, len) = match family {
+    if spec.verdict_map {
+        s.set_u32(sys::NFTNL_SET_FLAGS, libc::NFT_SET_MAP as u32);
+        s.set_u32(sys::NFTNL_SET_DATA_TYPE, libc::NFT_DATA_VERDICT);
+        // The kernel sizes verdict data itself; nft passes the register size.
+        s.set_u32(sys::NFTNL_SET_DATA_LEN, 16);
+    }
+    let (ty, len) = match spec.family {
         Family::V4 => (TYPE_IPV4_ADDR, 4),
         Family::V6 => (TYPE_IPV6_ADDR, 16),
     };

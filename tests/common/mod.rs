@@ -14,6 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub mod topology;
 pub const BIN: &str = env!("CARGO_BIN_EXE_vpnfw");
 
 /// nobody / nogroup: the unprivileged user hooks run as (the portal's www-data).
