@@ -280,7 +280,15 @@ fn status(json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
         );
     }
     println!();
-    println!("{} live sessions", report.sessions.len());
+    if report.sessions_total > report.sessions.len() {
+        println!(
+            "{} live sessions (the first {} shown; all are in the store: sqlite3 /var/lib/vpnfw/state.db 'select * from sessions')",
+            report.sessions_total,
+            report.sessions.len()
+        );
+    } else {
+        println!("{} live sessions", report.sessions_total);
+    }
     for s in &report.sets {
         match s.elements {
             Some(n) => println!("set {:<24} {n} elements", s.set),

@@ -65,7 +65,11 @@ pub struct ReconcileReport {
 /// Live sessions and the size of every managed set.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
+    /// The first sessions in (profile, connection id) order, at most 1000.
     pub sessions: Vec<crate::session::Session>,
+    /// Live sessions in all.
+    #[serde(default)]
+    pub sessions_total: usize,
     pub sets: Vec<SetSize>,
     /// Netlink batches the daemon has sent since it started.
     pub netlink_batches: u64,

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::{Deserialize, Serialize};
 
 use crate::event::{ConnectionId, ProfileId, Proto, UserId};
-use crate::reconcile::{Desired, ElemAdd, ElemRef, Plan};
+use crate::reconcile::{ElemAdd, ElemRef, Plan};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionKey {
@@ -71,7 +71,12 @@ impl Session {
 
 /// nft element comments are at most 128 bytes; cut on a char boundary.
 pub fn comment_for(user: &UserId, conn: &ConnectionId) -> String {
-    let mut c = format!("user={} conn={}", user.as_str(), conn.as_str());
+    comment_from(user.as_str(), conn.as_str())
+}
+
+/// [`comment_for`] from a store row's text.
+pub fn comment_from(user: &str, conn: &str) -> String {
+    let mut c = format!("user={user} conn={conn}");
     if c.len() > 128 {
         let mut end = 128;
         while !c.is_char_boundary(end) {
@@ -104,228 +109,176 @@ pub enum Edit {
     Disconnect(SessionKey),
 }
 
-/// All live sessions and how many of them hold each element.
-#[derive(Debug, Default, Clone)]
-pub struct Ledger {
-    sessions: HashMap<SessionKey, Session>,
-    refs: HashMap<ElemRef, u32>,
-    /// Live sessions per profile (few entries), for `[limits]`.
-    per_profile: HashMap<ProfileId, u32>,
-    /// Live sessions per user; kept only when a per-user limit is configured.
-    per_user: Option<HashMap<UserId, u32>>,
+/// Where the live sessions are read from while a batch is planned. The daemon's view
+/// is the store (minus sessions whose end it could not record yet); no session is
+/// kept in memory, so memory does not grow with the number of sessions.
+pub trait View {
+    type Error;
+    fn get(&self, key: &SessionKey) -> Result<Option<Session>, Self::Error>;
+    /// Keys of the live sessions holding this element.
+    fn holders(&self, elem: &ElemRef) -> Result<Vec<SessionKey>, Self::Error>;
 }
 
-impl Ledger {
-    pub fn new(sessions: impl IntoIterator<Item = Session>) -> Ledger {
-        let mut l = Ledger::default();
-        for s in sessions {
-            l.insert(s);
+/// A batch of edits played over a view, before anything is written.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// What each edit did, in order.
+    pub changes: Vec<Change>,
+    /// The kernel changes that take the sets from before the batch to after it.
+    pub plan: Plan,
+    /// The final state of every session the batch changed, in first-touched order:
+    /// `Some` to store, `None` to delete.
+    pub writes: Vec<(SessionKey, Option<Session>)>,
+}
+
+/// Sessions changed by the batch so far, over the view.
+struct Overlay<'v, V> {
+    view: &'v V,
+    sessions: HashMap<SessionKey, Option<Session>>,
+    order: Vec<SessionKey>,
+    /// How many overlay sessions hold each element.
+    refs: HashMap<ElemRef, u32>,
+}
+
+impl<V: View> Overlay<'_, V> {
+    fn get(&self, key: &SessionKey) -> Result<Option<Session>, V::Error> {
+        match self.sessions.get(key) {
+            Some(s) => Ok(s.clone()),
+            None => self.view.get(key),
         }
-        l
     }
 
-    pub fn len(&self) -> usize {
-        self.sessions.len()
+    fn holds(&self, elem: &ElemRef) -> Result<bool, V::Error> {
+        if self.refs.get(elem).is_some_and(|n| *n > 0) {
+            return Ok(true);
+        }
+        // Holders in the view count unless the batch changed that session.
+        Ok(self
+            .view
+            .holders(elem)?
+            .iter()
+            .any(|k| !self.sessions.contains_key(k)))
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
-    pub fn get(&self, key: &SessionKey) -> Option<&Session> {
-        self.sessions.get(key)
-    }
-
-    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
-        self.sessions.values()
-    }
-
-    /// Whether any live session holds this element.
-    pub fn holds(&self, elem: &ElemRef) -> bool {
-        self.refs.get(elem).is_some_and(|n| *n > 0)
-    }
-
-    /// Every element live sessions need, with one holder's comment.
-    pub fn desired(&self) -> Desired {
-        let mut d = Desired::new();
-        for s in self.sessions.values() {
-            let comment = s.comment();
+    fn set(&mut self, key: SessionKey, new: Option<Session>) {
+        if let Some(Some(old)) = self.sessions.get(&key) {
+            for e in old.elems() {
+                if let Entry::Occupied(mut o) = self.refs.entry(e) {
+                    *o.get_mut() -= 1;
+                    if *o.get() == 0 {
+                        o.remove();
+                    }
+                }
+            }
+        }
+        if let Some(s) = &new {
             for e in s.elems() {
-                d.entry(e).or_insert_with(|| comment.clone());
+                *self.refs.entry(e).or_insert(0) += 1;
             }
         }
-        d
-    }
-
-    /// Starts counting live sessions per user (for a per-user limit).
-    pub fn count_users(&mut self) {
-        let mut counts: HashMap<UserId, u32> = HashMap::new();
-        for s in self.sessions.values() {
-            *counts.entry(s.user_id.clone()).or_insert(0) += 1;
+        if self.sessions.insert(key.clone(), new).is_none() {
+            self.order.push(key);
         }
-        self.per_user = Some(counts);
     }
+}
 
-    /// Live sessions of a profile.
-    pub fn profile_sessions(&self, profile: &ProfileId) -> u32 {
-        self.per_profile.get(profile).copied().unwrap_or(0)
-    }
-
-    /// Live sessions of a user; `None` unless [`Ledger::count_users`] was called.
-    pub fn user_sessions(&self, user: &UserId) -> Option<u32> {
-        self.per_user
-            .as_ref()
-            .map(|m| m.get(user).copied().unwrap_or(0))
-    }
-
-    fn count(&mut self, s: &Session, up: bool) {
-        fn bump<K: std::hash::Hash + Eq + Clone>(m: &mut HashMap<K, u32>, k: &K, up: bool) {
-            if up {
-                *m.entry(k.clone()).or_insert(0) += 1;
-            } else if let Entry::Occupied(mut o) = m.entry(k.clone()) {
-                *o.get_mut() -= 1;
-                if *o.get() == 0 {
-                    o.remove();
-                }
+/// Plays edits in order over `view` and returns what they do, without writing.
+///
+/// An element leaves a set only when no session holds it after the batch; elements
+/// of connecting sessions are always (idempotently) re-added, so a repeated connect
+/// also repairs an element an admin removed by hand.
+pub fn play<V: View>(view: &V, edits: Vec<Edit>) -> Result<Batch, V::Error> {
+    let mut o = Overlay {
+        view,
+        sessions: HashMap::new(),
+        order: Vec::new(),
+        refs: HashMap::new(),
+    };
+    // Element → (held before the batch, comment of the last connect asserting it).
+    let mut touched: HashMap<ElemRef, (bool, Option<String>)> = HashMap::new();
+    let mut first_touch: Vec<ElemRef> = Vec::new();
+    let mut changes = Vec::with_capacity(edits.len());
+    for edit in edits {
+        let key = match &edit {
+            Edit::Connect(s) => s.key(),
+            Edit::Disconnect(k) => k.clone(),
+        };
+        let old = o.get(&key)?;
+        let mut elems = old.as_ref().map(Session::elems).unwrap_or_default();
+        if let Edit::Connect(s) = &edit {
+            elems.extend(s.elems());
+        }
+        for e in elems {
+            if !touched.contains_key(&e) {
+                let held = o.holds(&e)?;
+                touched.insert(e.clone(), (held, None));
+                first_touch.push(e);
             }
         }
-        bump(&mut self.per_profile, &s.profile, up);
-        if let Some(m) = self.per_user.as_mut() {
-            bump(m, &s.user_id, up);
-        }
-    }
-
-    fn insert(&mut self, s: Session) -> Option<Session> {
-        for e in s.elems() {
-            *self.refs.entry(e).or_insert(0) += 1;
-        }
-        self.count(&s, true);
-        let old = self.sessions.insert(s.key(), s);
-        if let Some(old) = &old {
-            self.release(old);
-        }
-        old
-    }
-
-    fn remove(&mut self, key: &SessionKey) -> Option<Session> {
-        let old = self.sessions.remove(key)?;
-        self.release(&old);
-        Some(old)
-    }
-
-    fn release(&mut self, s: &Session) {
-        self.count(s, false);
-        for e in s.elems() {
-            if let Entry::Occupied(mut o) = self.refs.entry(e) {
-                *o.get_mut() -= 1;
-                if *o.get() == 0 {
-                    o.remove();
-                }
-            }
-        }
-    }
-
-    /// Applies one edit and says what it did.
-    pub fn apply(&mut self, edit: Edit) -> Change {
-        match edit {
+        let change = match edit {
             Edit::Connect(s) => {
-                let key = s.key();
-                match self.sessions.get(&key) {
-                    Some(old) if same_holding(old, &s) => Change::Unchanged(key),
-                    Some(_) => match self.insert(s) {
-                        Some(old) => Change::Replaced(old),
-                        None => Change::Inserted(key),
-                    },
+                let comment = s.comment();
+                for e in s.elems() {
+                    if let Some(t) = touched.get_mut(&e) {
+                        t.1 = Some(comment.clone());
+                    }
+                }
+                match old {
+                    Some(old) if same_holding(&old, &s) => Change::Unchanged(key),
+                    Some(old) => {
+                        o.set(key, Some(s));
+                        Change::Replaced(old)
+                    }
                     None => {
-                        self.insert(s);
+                        o.set(key.clone(), Some(s));
                         Change::Inserted(key)
                     }
                 }
             }
-            Edit::Disconnect(key) => match self.remove(&key) {
-                Some(old) => Change::Removed(old),
+            Edit::Disconnect(key) => match old {
+                Some(old) => {
+                    o.set(key, None);
+                    Change::Removed(old)
+                }
                 None => Change::Unknown(key),
             },
+        };
+        changes.push(change);
+    }
+    let mut plan = Plan::default();
+    for elem in first_touch {
+        let after = o.holds(&elem)?;
+        let Some((before, comment)) = touched.remove(&elem) else {
+            continue;
+        };
+        match (before, after, comment) {
+            (_, true, Some(comment)) => plan.adds.push(ElemAdd {
+                set: elem.set,
+                addr: elem.addr,
+                comment,
+                jump: None,
+            }),
+            (true, false, _) => plan.dels.push(elem),
+            _ => {}
         }
     }
-
-    /// Reverts one change made by [`Ledger::apply`]. Undo in reverse order.
-    pub fn undo(&mut self, change: Change) {
-        match change {
-            Change::Inserted(key) => {
-                self.remove(&key);
-            }
-            Change::Replaced(old) | Change::Removed(old) => {
-                self.insert(old);
-            }
-            Change::Unchanged(_) | Change::Unknown(_) => {}
-        }
-    }
-
-    /// Applies edits in order and returns the changes plus the kernel plan that takes
-    /// the sets from the state before to the state after.
-    ///
-    /// Elements of connecting sessions are always (idempotently) re-added, so a
-    /// repeated connect also repairs an element an admin removed by hand.
-    pub fn apply_all(&mut self, edits: Vec<Edit>) -> (Vec<Change>, Plan) {
-        // Element → (held before the batch, comment of the last connect asserting it).
-        let mut touched: HashMap<ElemRef, (bool, Option<String>)> = HashMap::new();
-        let mut changes = Vec::with_capacity(edits.len());
-        for edit in edits {
-            let (elems, comment) = match &edit {
-                Edit::Connect(s) => {
-                    let mut elems = s.elems();
-                    if let Some(old) = self.sessions.get(&s.key()) {
-                        elems.extend(old.elems());
-                    }
-                    (elems, Some(s.comment()))
-                }
-                Edit::Disconnect(key) => match self.sessions.get(key) {
-                    Some(old) => (old.elems(), None),
-                    None => (Vec::new(), None),
-                },
-            };
-            let asserted = match &edit {
-                Edit::Connect(s) => s.elems(),
-                Edit::Disconnect(_) => Vec::new(),
-            };
-            for e in elems {
-                let held = self.holds(&e);
-                touched.entry(e).or_insert((held, None));
-            }
-            for e in asserted {
-                if let Some(t) = touched.get_mut(&e) {
-                    t.1 = comment.clone();
-                }
-            }
-            changes.push(self.apply(edit));
-        }
-        let mut plan = Plan::default();
-        for (elem, (before, comment)) in touched {
-            let after = self.holds(&elem);
-            match (before, after, comment) {
-                (_, true, Some(comment)) => plan.adds.push(ElemAdd {
-                    set: elem.set,
-                    addr: elem.addr,
-                    comment,
-                    jump: None,
-                }),
-                (true, false, _) => plan.dels.push(elem),
-                _ => {}
-            }
-        }
-        plan.adds
-            .sort_by(|a, b| (&a.set, a.addr).cmp(&(&b.set, b.addr)));
-        plan.dels.sort();
-        (changes, plan)
-    }
-
-    /// Reverts a whole batch of changes.
-    pub fn undo_all(&mut self, changes: Vec<Change>) {
-        for c in changes.into_iter().rev() {
-            self.undo(c);
-        }
-    }
+    plan.adds
+        .sort_by(|a, b| (&a.set, a.addr).cmp(&(&b.set, b.addr)));
+    plan.dels.sort();
+    let Overlay {
+        mut sessions,
+        order,
+        ..
+    } = o;
+    let writes = order
+        .into_iter()
+        .filter_map(|k| sessions.remove(&k).map(|s| (k, s)))
+        .collect();
+    Ok(Batch {
+        changes,
+        plan,
+        writes,
+    })
 }
 
 /// Same addresses in the same sets for the same user: a repeated connect.
@@ -341,6 +294,7 @@ fn same_holding(a: &Session, b: &Session) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn sess(profile: &str, conn: &str, ip4: Option<&str>, ip6: Option<&str>) -> Session {
         Session {
@@ -374,9 +328,47 @@ mod tests {
             .collect()
     }
 
+    /// The store, as a map.
+    #[derive(Default)]
+    struct Mem(BTreeMap<SessionKey, Session>);
+
+    impl View for Mem {
+        type Error = std::convert::Infallible;
+        fn get(&self, key: &SessionKey) -> Result<Option<Session>, Self::Error> {
+            Ok(self.0.get(key).cloned())
+        }
+        fn holders(&self, elem: &ElemRef) -> Result<Vec<SessionKey>, Self::Error> {
+            Ok(self
+                .0
+                .values()
+                .filter(|s| s.elems().contains(elem))
+                .map(Session::key)
+                .collect())
+        }
+    }
+
+    impl Mem {
+        /// Plays and commits a batch, as the writer does after the kernel took it.
+        fn apply_all(&mut self, edits: Vec<Edit>) -> (Vec<Change>, Plan) {
+            let Ok(b) = play(&*self, edits);
+            for (k, s) in b.writes {
+                match s {
+                    Some(s) => self.0.insert(k, s),
+                    None => self.0.remove(&k),
+                };
+            }
+            (b.changes, b.plan)
+        }
+
+        fn holds(&self, elem: &ElemRef) -> bool {
+            let Ok(h) = self.holders(elem);
+            !h.is_empty()
+        }
+    }
+
     #[test]
     fn connect_then_disconnect() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let s = sess("staff", "c1", Some("10.0.0.1"), Some("fd00::1"));
         let (_, p) = l.apply_all(vec![Edit::Connect(s.clone())]);
         assert_eq!(
@@ -392,12 +384,12 @@ mod tests {
             p.dels,
             vec![e("staff_v4", "10.0.0.1"), e("staff_v6", "fd00::1")]
         );
-        assert!(l.is_empty());
+        assert!(l.0.is_empty());
     }
 
     #[test]
     fn late_disconnect_keeps_new_owner() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let a = sess("staff", "old", Some("10.0.0.5"), None);
         let b = sess("staff", "new", Some("10.0.0.5"), None);
         l.apply_all(vec![Edit::Connect(a.clone()), Edit::Connect(b.clone())]);
@@ -413,18 +405,18 @@ mod tests {
 
     #[test]
     fn repeated_connect_is_unchanged_but_reasserted() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let s = sess("staff", "c1", Some("10.0.0.1"), None);
         l.apply_all(vec![Edit::Connect(s.clone())]);
         let (c, p) = l.apply_all(vec![Edit::Connect(s.clone())]);
         assert_eq!(c, vec![Change::Unchanged(s.key())]);
         assert_eq!(adds(&p), vec![e("staff_v4", "10.0.0.1")]);
-        assert_eq!(l.len(), 1);
+        assert_eq!(l.0.len(), 1);
     }
 
     #[test]
     fn reconnect_with_new_address_moves_it() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let s1 = sess("staff", "c1", Some("10.0.0.1"), None);
         let s2 = sess("staff", "c1", Some("10.0.0.2"), None);
         l.apply_all(vec![Edit::Connect(s1.clone())]);
@@ -436,16 +428,16 @@ mod tests {
 
     #[test]
     fn connect_and_disconnect_in_one_batch_cancel_out() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let s = sess("staff", "c1", Some("10.0.0.1"), None);
         let (_, p) = l.apply_all(vec![Edit::Connect(s.clone()), Edit::Disconnect(s.key())]);
         assert!(p.is_empty(), "{p:?}");
-        assert!(l.is_empty());
+        assert!(l.0.is_empty());
     }
 
     #[test]
     fn disconnect_then_connect_in_one_batch_keeps_element() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let a = sess("staff", "a", Some("10.0.0.1"), None);
         let b = sess("staff", "b", Some("10.0.0.1"), None);
         l.apply_all(vec![Edit::Connect(a.clone())]);
@@ -456,7 +448,7 @@ mod tests {
 
     #[test]
     fn unknown_disconnect_changes_nothing() {
-        let mut l = Ledger::default();
+        let mut l = Mem::default();
         let s = sess("staff", "c1", Some("10.0.0.1"), None);
         let (c, p) = l.apply_all(vec![Edit::Disconnect(s.key())]);
         assert_eq!(c, vec![Change::Unknown(s.key())]);
@@ -464,38 +456,32 @@ mod tests {
     }
 
     #[test]
-    fn undo_restores_refcounts() {
-        let mut l = Ledger::default();
+    fn playing_writes_nothing_and_lists_final_states() {
+        let mut l = Mem::default();
         let a = sess("staff", "a", Some("10.0.0.1"), None);
         let b = sess("staff", "b", Some("10.0.0.2"), None);
         l.apply_all(vec![Edit::Connect(a.clone())]);
-        let before = l.desired();
-        let (c, _) = l.apply_all(vec![
-            Edit::Connect(b),
-            Edit::Disconnect(a.key()),
-            Edit::Connect(sess("staff", "a", Some("10.0.0.3"), None)),
-        ]);
-        l.undo_all(c);
-        assert_eq!(l.desired(), before);
-        assert_eq!(l.get(&a.key()), Some(&a));
-        assert_eq!(l.len(), 1);
-    }
-
-    #[test]
-    fn counts_follow_sessions_and_undo() {
-        let mut l = Ledger::default();
-        l.count_users();
-        let staff = ProfileId::parse("staff").expect("id");
-        let alice = UserId::parse("alice@example.org").expect("user");
-        let (c, _) = l.apply_all(vec![
-            Edit::Connect(sess("staff", "a", Some("10.0.0.1"), None)),
-            Edit::Connect(sess("staff", "b", Some("10.0.0.2"), None)),
-            Edit::Connect(sess("staff", "b", Some("10.0.0.3"), None)),
-        ]);
-        assert_eq!(l.profile_sessions(&staff), 2);
-        assert_eq!(l.user_sessions(&alice), Some(2));
-        l.undo_all(c);
-        assert_eq!(l.profile_sessions(&staff), 0);
-        assert_eq!(l.user_sessions(&alice), Some(0));
+        let a3 = sess("staff", "a", Some("10.0.0.3"), None);
+        let Ok(batch) = play(
+            &l,
+            vec![
+                Edit::Connect(b.clone()),
+                Edit::Disconnect(a.key()),
+                Edit::Connect(a3.clone()),
+            ],
+        );
+        // The view is untouched until the writer commits.
+        assert_eq!(l.0.len(), 1);
+        assert_eq!(l.0.get(&a.key()), Some(&a));
+        assert_eq!(
+            batch.writes,
+            vec![(b.key(), Some(b)), (a.key(), Some(a3))],
+            "one write per session, its final state, in first-touched order"
+        );
+        assert_eq!(
+            adds(&batch.plan),
+            vec![e("staff_v4", "10.0.0.2"), e("staff_v4", "10.0.0.3")]
+        );
+        assert_eq!(batch.plan.dels, vec![e("staff_v4", "10.0.0.1")]);
     }
 }

@@ -4,10 +4,11 @@
 //! can be inspected with `sqlite3 /var/lib/vpnfw/state.db 'select * from sessions'`.
 
 use std::fs;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, Transaction, TransactionBehavior, params};
 
 use crate::event::{ConnectionId, ProfileId, Proto, UserId};
 use crate::nft::Family;
@@ -35,6 +36,12 @@ CREATE TABLE IF NOT EXISTS managed_sets (
     name    TEXT PRIMARY KEY,
     family  TEXT NOT NULL CHECK (family IN ('v4', 'v6'))
 ) WITHOUT ROWID;
+-- The store is the only copy of the sessions (the daemon keeps none in memory):
+-- these answer 'who else holds this address' and 'how many sessions has this user'
+-- in O(log n), and give reconcile each set's addresses in order.
+CREATE INDEX IF NOT EXISTS sessions_ip4 ON sessions (set4, ip4) WHERE ip4 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_ip6 ON sessions (set6, ip6) WHERE ip6 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sessions_user ON sessions (user_id);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -111,41 +118,180 @@ impl Store {
         Ok(Store { conn })
     }
 
-    /// Every stored session, and the rows that failed validation.
-    pub fn load_sessions(&self) -> Result<(Vec<Session>, Vec<BadRow>), StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT profile, conn_id, user_id, proto, ip4, ip6, set4, set6, since, boot_id
-             FROM sessions",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(RawRow {
-                profile: r.get(0)?,
-                conn_id: r.get(1)?,
-                user_id: r.get(2)?,
-                proto: r.get(3)?,
-                ip4: r.get(4)?,
-                ip6: r.get(5)?,
-                set4: r.get(6)?,
-                set6: r.get(7)?,
-                since: r.get(8)?,
-                boot_id: r.get(9)?,
-            })
-        })?;
-        let mut good = Vec::new();
-        let mut bad = Vec::new();
-        for row in rows {
-            let row = row?;
-            let (profile, conn_id) = (row.profile.clone(), row.conn_id.clone());
-            match row.into_session() {
-                Ok(s) => good.push(s),
-                Err(problem) => bad.push(BadRow {
-                    profile,
-                    conn_id,
-                    problem,
-                }),
+    /// Calls `f` with every stored session, or with the problem of a row that does not
+    /// validate. Streams: memory does not grow with the number of sessions.
+    pub fn for_each_session(
+        &self,
+        mut f: impl FnMut(Result<Session, BadRow>),
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions"))?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(RawRow::read(r)?.validate());
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` sessions in (profile, connection id) order; invalid rows skipped.
+    pub fn first_sessions(&self, limit: usize) -> Result<Vec<Session>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM sessions ORDER BY profile, conn_id LIMIT ?1"
+        ))?;
+        let mut rows = stmt.query(params![limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            if let Ok(s) = RawRow::read(r)?.validate() {
+                out.push(s);
             }
         }
-        Ok((good, bad))
+        Ok(out)
+    }
+
+    /// One session; `Some(Err)` for a row that does not validate.
+    pub fn session(&self, key: &SessionKey) -> Result<Option<Result<Session, BadRow>>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM sessions WHERE profile = ?1 AND conn_id = ?2"
+        ))?;
+        let mut rows = stmt.query(params![key.profile.as_str(), key.conn_id.as_str()])?;
+        match rows.next()? {
+            Some(r) => Ok(Some(RawRow::read(r)?.validate())),
+            None => Ok(None),
+        }
+    }
+
+    /// Keys of the sessions that hold `addr` in `set` (index lookup).
+    pub fn holders(&self, set: &str, addr: IpAddr) -> Result<Vec<(String, String)>, StoreError> {
+        let sql = match addr {
+            IpAddr::V4(_) => {
+                "SELECT profile, conn_id FROM sessions WHERE set4 = ?1 AND ip4 = ?2 AND ip4 IS NOT NULL"
+            }
+            IpAddr::V6(_) => {
+                "SELECT profile, conn_id FROM sessions WHERE set6 = ?1 AND ip6 = ?2 AND ip6 IS NOT NULL"
+            }
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let rows = stmt.query_map(params![set, addr.to_string()], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keys of a user's sessions (index lookup).
+    pub fn user_sessions(&self, user: &UserId) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT profile, conn_id FROM sessions WHERE user_id = ?1")?;
+        let rows = stmt.query_map(params![user.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Stored sessions per profile.
+    pub fn profile_counts(&self) -> Result<Vec<(String, u32)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT profile, COUNT(*) FROM sessions GROUP BY profile")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Sets named by stored sessions that hold an address of that family.
+    pub fn session_sets(&self) -> Result<Vec<(String, Family)>, StoreError> {
+        let mut out = Vec::new();
+        for (sql, family) in [
+            (
+                "SELECT DISTINCT set4 FROM sessions WHERE ip4 IS NOT NULL",
+                Family::V4,
+            ),
+            (
+                "SELECT DISTINCT set6 FROM sessions WHERE ip6 IS NOT NULL",
+                Family::V6,
+            ),
+        ] {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for name in rows {
+                out.push((name?, family));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Streams the addresses of one family that sessions hold, with their holder:
+    /// of one set (`Some`) or of every set (`None`), in address-text order per set.
+    /// Rows whose address does not parse are skipped (startup logs them).
+    pub fn for_each_holding<E: From<StoreError>>(
+        &self,
+        family: Family,
+        set: Option<&str>,
+        mut f: impl FnMut(Holding<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let sql = StoreError::from;
+        let (col_set, col_ip) = match family {
+            Family::V4 => ("set4", "ip4"),
+            Family::V6 => ("set6", "ip6"),
+        };
+        let filter = if set.is_some() {
+            format!("{col_set} = ?1 AND")
+        } else {
+            String::new()
+        };
+        let query = format!(
+            "SELECT {col_set}, {col_ip}, profile, conn_id, user_id FROM sessions
+             WHERE {filter} {col_ip} IS NOT NULL ORDER BY {col_set}, {col_ip}"
+        );
+        let mut stmt = self.conn.prepare_cached(&query).map_err(sql)?;
+        let mut rows = match set {
+            Some(s) => stmt.query(params![s]),
+            None => stmt.query([]),
+        }
+        .map_err(sql)?;
+        while let Some(r) = rows.next().map_err(sql)? {
+            let text = |i| r.get_ref(i).map(|v| v.as_str().unwrap_or("")).map_err(sql);
+            let Ok(addr) = text(1)?.parse::<IpAddr>() else {
+                continue;
+            };
+            if family_of(addr) != family {
+                continue;
+            }
+            f(Holding {
+                set: text(0)?,
+                addr,
+                profile: text(2)?,
+                conn_id: text(3)?,
+                user_id: text(4)?,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Ends OpenVPN sessions of other boots (their tunnels died with the boot) and
+    /// counts the WireGuard sessions of other boots, which stay. Returns (ended, kept).
+    pub fn end_other_boots(&mut self, boot_id: &str) -> Result<(usize, usize), StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let ended = tx.execute(
+            "DELETE FROM sessions WHERE boot_id != ?1 AND proto = 'openvpn'",
+            params![boot_id],
+        )?;
+        let kept: i64 = tx.query_row(
+            "SELECT COUNT(*) FROM sessions WHERE boot_id != ?1 AND proto = 'wireguard'",
+            params![boot_id],
+            |r| r.get(0),
+        )?;
+        tx.commit()?;
+        Ok((ended, kept as usize))
+    }
+
+    /// Keys of the stored WireGuard sessions.
+    pub fn wireguard_sessions(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT profile, conn_id FROM sessions WHERE proto = 'wireguard'")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     pub fn managed_sets(&self) -> Result<Vec<(String, Family)>, StoreError> {
@@ -186,18 +332,6 @@ impl Store {
                 .conn
                 .transaction_with_behavior(TransactionBehavior::Immediate)?,
         })
-    }
-
-    /// Looks one session up (used by tests and `status`).
-    pub fn get(&self, key: &SessionKey) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT user_id FROM sessions WHERE profile = ?1 AND conn_id = ?2",
-                params![key.profile.as_str(), key.conn_id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()?)
     }
 }
 
@@ -253,6 +387,24 @@ fn family_str(f: Family) -> &'static str {
     }
 }
 
+const COLUMNS: &str = "profile, conn_id, user_id, proto, ip4, ip6, set4, set6, since, boot_id";
+
+/// One address a session holds, borrowed from the row being read.
+pub struct Holding<'r> {
+    pub set: &'r str,
+    pub addr: IpAddr,
+    pub profile: &'r str,
+    pub conn_id: &'r str,
+    pub user_id: &'r str,
+}
+
+fn family_of(addr: IpAddr) -> Family {
+    match addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    }
+}
+
 struct RawRow {
     profile: String,
     conn_id: String,
@@ -267,6 +419,30 @@ struct RawRow {
 }
 
 impl RawRow {
+    fn read(r: &rusqlite::Row<'_>) -> Result<RawRow, rusqlite::Error> {
+        Ok(RawRow {
+            profile: r.get(0)?,
+            conn_id: r.get(1)?,
+            user_id: r.get(2)?,
+            proto: r.get(3)?,
+            ip4: r.get(4)?,
+            ip6: r.get(5)?,
+            set4: r.get(6)?,
+            set6: r.get(7)?,
+            since: r.get(8)?,
+            boot_id: r.get(9)?,
+        })
+    }
+
+    fn validate(self) -> Result<Session, BadRow> {
+        let (profile, conn_id) = (self.profile.clone(), self.conn_id.clone());
+        self.into_session().map_err(|problem| BadRow {
+            profile,
+            conn_id,
+            problem,
+        })
+    }
+
     fn into_session(self) -> Result<Session, String> {
         let proto = match self.proto.as_str() {
             "openvpn" => Proto::OpenVpn,

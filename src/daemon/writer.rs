@@ -5,7 +5,7 @@
 //! If a coalesced batch fails, every request is retried on its own so one bad
 //! request cannot fail its neighbours.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -15,8 +15,8 @@ use crate::event::{Event, EventKind, ProfileId, Proto, UserId};
 use crate::nft::{Conntrack, Family, KeyType, Nft, NftError, SetSpec};
 use crate::portal;
 use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
-use crate::reconcile::{self, Actual, ElemAdd, ElemRef, Plan, Summary};
-use crate::session::{Change, Edit, Ledger, Session, SessionKey};
+use crate::reconcile::{ElemAdd, ElemRef, Plan, Summary};
+use crate::session::{self, Batch, Change, Edit, Session, SessionKey, View};
 use crate::store::{Store, StoreError};
 
 /// The dispatch verdict maps, one per family (`[nftables] dispatch_map`).
@@ -46,6 +46,13 @@ const REPORT_LIST: usize = 1000;
 
 /// Most requests one batch takes; bounds the latency of the first one.
 const MAX_BATCH: usize = 4096;
+
+/// Most element changes one reconcile batch carries: bounds the daemon's memory
+/// (about 100 bytes per element in the batch) whatever the number of sessions.
+const RECONCILE_CHUNK: usize = 32_768;
+
+/// Sessions `status` lists (it always has the full count).
+const STATUS_LIST: usize = 1000;
 
 /// Work for the writer, with the channel its answer goes to.
 pub struct Job {
@@ -88,17 +95,23 @@ enum Rejection {
 
 pub struct Writer {
     config: Config,
+    /// The only copy of the sessions: nothing per session is kept in memory.
     store: Store,
     nft: Nft,
-    ledger: Ledger,
+    /// Live sessions per profile (few entries), for `[limits]` and `status`.
+    profiles: HashMap<ProfileId, u32>,
+    /// Store rows that do not validate (hand edits): (profile, conn_id) as stored.
+    /// They are logged at start and treated as absent.
+    ignored: HashSet<(String, String)>,
     boot_id: String,
     /// Sets known to exist with the right type and recorded in the store.
     ready_sets: HashSet<String>,
     /// Events answered since start.
     events: u64,
-    /// Ended sessions whose store delete failed (disk full, read-only): retried with
-    /// the next store transaction. Until then a restart would bring them back.
-    unsynced: Vec<SessionKey>,
+    /// Ended sessions whose store delete failed (disk full, read-only): hidden from
+    /// the store's view and retried with the next store transaction. Until then a
+    /// restart would bring them back.
+    unsynced: HashSet<SessionKey>,
     /// `[conntrack] flush_on_disconnect`: ctnetlink, opened at start.
     conntrack: Option<Conntrack>,
     /// Addresses that left the sets in this batch: their flows are cut after the
@@ -121,68 +134,77 @@ impl Writer {
         nft: Nft,
         boot_id: String,
     ) -> Result<Writer, WriterError> {
-        let (sessions, bad) = store.load_sessions()?;
-        let count_users = config.limits.max_sessions_per_user.is_some();
-        // A handful of examples and a count: a damaged store must not flood the log.
-        for row in bad.iter().take(10) {
-            tracing::error!(
-                profile = %row.profile,
-                conn_id = %row.conn_id,
-                problem = %row.problem,
-                "ignoring invalid store row; fix or delete it with sqlite3"
-            );
-        }
-        if bad.len() > 10 {
-            tracing::error!(rows = bad.len(), "invalid store rows ignored in all");
-        }
-        Ok(Writer {
+        let mut w = Writer {
             config,
             store,
             nft,
-            ledger: {
-                let mut l = Ledger::new(sessions);
-                if count_users {
-                    l.count_users();
-                }
-                l
-            },
+            profiles: HashMap::new(),
+            ignored: HashSet::new(),
             boot_id,
             ready_sets: HashSet::new(),
             events: 0,
-            unsynced: Vec::new(),
+            unsynced: HashSet::new(),
             conntrack: None,
             removed: Vec::new(),
-        })
+        };
+        w.scan_store()?;
+        Ok(w)
+    }
+
+    /// Reads every stored session once (streaming): counts them per profile and sets
+    /// aside the rows that do not validate, with a handful of examples in the log.
+    fn scan_store(&mut self) -> Result<(), WriterError> {
+        let mut profiles: HashMap<ProfileId, u32> = HashMap::new();
+        let mut ignored = HashSet::new();
+        self.store.for_each_session(|row| match row {
+            Ok(s) => *profiles.entry(s.profile).or_insert(0) += 1,
+            Err(bad) => {
+                if ignored.len() < 10 {
+                    tracing::error!(
+                        profile = %bad.profile,
+                        conn_id = %bad.conn_id,
+                        problem = %bad.problem,
+                        "ignoring invalid store row; fix or delete it with sqlite3"
+                    );
+                }
+                ignored.insert((bad.profile, bad.conn_id));
+            }
+        })?;
+        if ignored.len() > 10 {
+            tracing::error!(rows = ignored.len(), "invalid store rows ignored in all");
+        }
+        self.profiles = profiles;
+        self.ignored = ignored;
+        Ok(())
+    }
+
+    /// The live sessions as the planner sees them: the store, minus rows that do not
+    /// validate and sessions whose end the store has not recorded yet.
+    fn view(&self) -> StoreView<'_> {
+        StoreView {
+            store: &self.store,
+            unsynced: &self.unsynced,
+            ignored: &self.ignored,
+        }
+    }
+
+    /// Live sessions in all.
+    fn session_count(&self) -> usize {
+        self.profiles.values().map(|n| *n as usize).sum()
     }
 
     /// Ends OpenVPN sessions from an earlier boot: their tunnels died with it and no
     /// disconnect will ever come. WireGuard sessions stay: the portal's daemon-sync
     /// re-adds their peers after a reboot without firing connect (DESIGN.md §2).
     pub fn end_previous_boot(&mut self) -> Result<(), WriterError> {
-        let stale: Vec<SessionKey> = self
-            .ledger
-            .sessions()
-            .filter(|s| s.boot_id != self.boot_id && s.proto == Proto::OpenVpn)
-            .map(Session::key)
-            .collect();
-        let kept = self
-            .ledger
-            .sessions()
-            .filter(|s| s.boot_id != self.boot_id && s.proto == Proto::WireGuard)
-            .count();
-        if !stale.is_empty() {
-            let txn = self.store.begin()?;
-            for key in &stale {
-                txn.delete(key)?;
-            }
-            txn.commit()?;
+        let (ended, kept) = self.store.end_other_boots(&self.boot_id)?;
+        if ended > 0 {
             // The kernel side follows in the reconcile that runs next.
-            self.ledger
-                .apply_all(stale.iter().cloned().map(Edit::Disconnect).collect());
+            self.scan_store()?;
         }
-        if !stale.is_empty() || kept > 0 {
+        if ended > 0 || kept > 0 {
             tracing::info!(
-                openvpn_ended = stale.len(),
+                openvpn_ended = ended,
                 wireguard_kept = kept,
                 "sessions from an earlier boot"
             );
@@ -340,11 +362,17 @@ impl Writer {
         let mut seen = HashSet::new();
         for addr in removed {
             // An address still held in another set (another profile) keeps its flows.
+            let view = StoreView {
+                store: &self.store,
+                unsynced: &self.unsynced,
+                ignored: &self.ignored,
+            };
             let held = self.ready_sets.iter().any(|set| {
-                self.ledger.holds(&ElemRef {
+                view.holders(&ElemRef {
                     set: set.clone(),
                     addr,
                 })
+                .map_or(true, |h| !h.is_empty())
             });
             if !seen.insert(addr) || held {
                 continue;
@@ -414,12 +442,20 @@ impl Writer {
             profile: ev.profile.clone(),
             conn_id: ev.conn_id.clone(),
         };
-        if self.ledger.get(&key).is_some() {
+        let view = self.view();
+        let failed = |e: StoreError| Rejection::Failed(e.to_string());
+        if view.get(&key).map_err(failed)?.is_some() {
             return Ok(());
         }
         let limits = &self.config.limits;
         if let Some(max) = limits.max_sessions_per_user {
-            let live = self.ledger.user_sessions(&ev.user_id).unwrap_or(0);
+            let live = self
+                .store
+                .user_sessions(&ev.user_id)
+                .map_err(failed)?
+                .into_iter()
+                .filter(|(p, c)| !view.hidden(p, c))
+                .count() as u32;
             let batch = counts.users.get(&ev.user_id).copied().unwrap_or(0);
             if live + batch >= max {
                 return Err(Rejection::Refused(format!(
@@ -430,7 +466,7 @@ impl Writer {
             }
         }
         if let Some(max) = limits.max_sessions_per_profile {
-            let live = self.ledger.profile_sessions(&ev.profile);
+            let live = self.profiles.get(&ev.profile).copied().unwrap_or(0);
             let batch = counts.profiles.get(&ev.profile).copied().unwrap_or(0);
             if live + batch >= max {
                 return Err(Rejection::Refused(format!(
@@ -491,16 +527,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Ledger, store and kernel in one step; all three change or none does.
+    /// Store and kernel in one step; both change or neither does.
     fn commit(&mut self, edits: Vec<Edit>) -> Result<Vec<Change>, WriterError> {
-        let (changes, plan) = self.ledger.apply_all(edits);
-        match self.persist(&changes, &plan) {
+        let batch = session::play(&self.view(), edits)?;
+        match self.persist(&batch) {
             Ok(()) => {
-                self.removed.extend(plan.dels.iter().map(|d| d.addr));
-                Ok(changes)
+                self.removed.extend(batch.plan.dels.iter().map(|d| d.addr));
+                self.count(&batch.changes);
+                Ok(batch.changes)
             }
             Err(e) => {
-                self.ledger.undo_all(changes);
                 // The kernel may have lost a set under us (ruleset reload): look again next time.
                 self.ready_sets.clear();
                 Err(e)
@@ -508,44 +544,42 @@ impl Writer {
         }
     }
 
-    fn persist(&mut self, changes: &[Change], plan: &Plan) -> Result<(), WriterError> {
-        let dispatched;
-        let plan = if self.config.nftables.dispatch_map {
-            dispatched = self.with_dispatch(plan);
-            &dispatched
-        } else {
-            plan
-        };
-        let mut keys: Vec<SessionKey> = Vec::new();
-        let mut seen = HashSet::new();
+    /// Follows committed changes in the per-profile counts.
+    fn count(&mut self, changes: &[Change]) {
         for c in changes {
-            let key = match c {
-                Change::Inserted(k) => k.clone(),
-                Change::Replaced(old) | Change::Removed(old) => old.key(),
-                Change::Unchanged(_) | Change::Unknown(_) => continue,
-            };
-            if seen.insert(key.clone()) {
-                keys.push(key);
+            match c {
+                Change::Inserted(k) => *self.profiles.entry(k.profile.clone()).or_insert(0) += 1,
+                Change::Removed(old) => {
+                    if let Some(n) = self.profiles.get_mut(&old.profile) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.profiles.remove(&old.profile);
+                        }
+                    }
+                }
+                Change::Replaced(_) | Change::Unchanged(_) | Change::Unknown(_) => {}
             }
         }
+    }
+
+    fn persist(&mut self, batch: &Batch) -> Result<(), WriterError> {
+        let dispatched;
+        let plan = if self.config.nftables.dispatch_map {
+            dispatched = self.with_dispatch(&batch.plan);
+            &dispatched
+        } else {
+            &batch.plan
+        };
         let table = self.config.nftables.table.clone();
-        if keys.is_empty() {
+        if batch.writes.is_empty() {
             // Nothing to store; still re-assert the elements of repeated connects.
             self.nft.apply(&table, plan)?;
             return Ok(());
         }
         // With the store failing (disk full, read-only), connects fail closed, but
         // disconnects still take the addresses out of the kernel: access must end.
-        let only_removals = changes
-            .iter()
-            .all(|c| matches!(c, Change::Removed(_) | Change::Unknown(_)));
-        keys.extend(
-            self.unsynced
-                .iter()
-                .filter(|k| self.ledger.get(k).is_none())
-                .cloned(),
-        );
-        let txn = match stage(&mut self.store, &self.ledger, &keys) {
+        let only_removals = batch.writes.iter().all(|(_, s)| s.is_none());
+        let txn = match stage(&mut self.store, &batch.writes, &self.unsynced) {
             Ok(txn) => Some(txn),
             Err(e) if only_removals => {
                 tracing::error!(error = %e, "session store failed: removing the addresses from the kernel anyway; the store still lists these sessions until it accepts writes again");
@@ -567,11 +601,8 @@ impl Writer {
                 if !matches!(e, StoreError::Unavailable) {
                     tracing::error!(error = %e, "session store commit failed after a disconnect; the kernel is updated, the store is not");
                 }
-                for key in keys {
-                    if !self.unsynced.contains(&key) {
-                        self.unsynced.push(key);
-                    }
-                }
+                self.unsynced
+                    .extend(batch.writes.iter().map(|(k, _)| k.clone()));
                 Ok(())
             }
             Err(e) => {
@@ -581,52 +612,50 @@ impl Writer {
         }
     }
 
-    /// Ledger and store only; the caller's reconcile brings the kernel along.
+    /// Store only; the caller's reconcile brings the kernel along.
     fn commit_sessions(&mut self, edits: Vec<Edit>) -> Result<(), WriterError> {
         if edits.is_empty() {
             return Ok(());
         }
-        let (changes, _plan) = self.ledger.apply_all(edits);
-        let keys: Vec<SessionKey> = changes
-            .iter()
-            .filter_map(|c| match c {
-                Change::Inserted(k) => Some(k.clone()),
-                Change::Replaced(old) | Change::Removed(old) => Some(old.key()),
-                Change::Unchanged(_) | Change::Unknown(_) => None,
-            })
-            .collect();
-        if let Err(e) = stage(&mut self.store, &self.ledger, &keys).and_then(|t| t.commit()) {
-            self.ledger.undo_all(changes);
-            return Err(e.into());
-        }
+        let batch = session::play(&self.view(), edits)?;
+        stage(&mut self.store, &batch.writes, &self.unsynced)?.commit()?;
+        self.unsynced.clear();
+        self.count(&batch.changes);
         Ok(())
     }
 
     /// `[portal] database`: end WireGuard sessions whose peer is gone or expired, and
     /// start sessions for peers whose connect event never reached vpnfw.
-    fn portal_edits(&self) -> Vec<Edit> {
+    fn portal_edits(&self) -> Result<Vec<Edit>, WriterError> {
         let Some(path) = &self.config.portal.database else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let (peers, skipped) = match portal::live_peers(path, unix_now()) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "portal database unusable; reconciling against the store alone");
-                return Vec::new();
+                return Ok(Vec::new());
             }
         };
         if skipped > 0 {
             tracing::warn!(rows = skipped, "skipped wg_peers rows vpnfw cannot use");
         }
+        let view = self.view();
         let mut edits = Vec::new();
-        for s in self.ledger.sessions() {
-            if s.proto == Proto::WireGuard && !peers.contains_key(&s.key()) {
+        for (profile, conn_id) in self.store.wireguard_sessions()? {
+            let Some(key) = parse_key(&profile, &conn_id) else {
+                continue;
+            };
+            if peers.contains_key(&key) {
+                continue;
+            }
+            if let Some(s) = view.get(&key)? {
                 tracing::info!(profile = %s.profile, conn_id = %s.conn_id, user = %s.user_id, "ending WireGuard session: its peer is gone from the portal");
-                edits.push(Edit::Disconnect(s.key()));
+                edits.push(Edit::Disconnect(key));
             }
         }
         for (key, peer) in peers {
-            if self.ledger.get(&key).is_some() {
+            if view.get(&key)?.is_some() {
                 continue;
             }
             let sets = self.config.sets_for(&peer.profile);
@@ -652,24 +681,7 @@ impl Writer {
                 boot_id: self.boot_id.clone(),
             }));
         }
-        edits
-    }
-
-    /// The profile whose set this is: configured profiles by their set names, others by
-    /// the `<id>_v4` / `<id>_v6` convention.
-    fn profile_of_set(&self, set: &str) -> Option<String> {
-        for p in &self.config.profiles {
-            let s = self.config.sets_for(&p.id);
-            if s.set4 == set || s.set6 == set {
-                return Some(p.id.to_string());
-            }
-        }
-        let id = set
-            .strip_suffix("_v4")
-            .or_else(|| set.strip_suffix("_v6"))?;
-        crate::event::ProfileId::parse(id)
-            .ok()
-            .map(|p| p.to_string())
+        Ok(edits)
     }
 
     /// The plan plus the matching dispatch-map changes: every address added to a
@@ -677,7 +689,7 @@ impl Writer {
     fn with_dispatch(&self, plan: &Plan) -> Plan {
         let mut out = plan.clone();
         for a in &plan.adds {
-            if let Some(profile) = self.profile_of_set(&a.set) {
+            if let Some(profile) = profile_of_set(&self.config, &a.set) {
                 out.adds.push(ElemAdd {
                     set: dispatch_map(family_of(a.addr)).to_string(),
                     addr: a.addr,
@@ -719,8 +731,11 @@ impl Writer {
     }
 
     /// Every set reconcile looks after: configured, recorded in the store, and named by
-    /// a live session.
-    fn managed_sets(&self, ledger: &Ledger) -> Result<BTreeMap<String, Family>, WriterError> {
+    /// a live session (stored, or in `extra`: a dry run's portal corrections).
+    fn managed_sets(
+        &self,
+        extra: &HashMap<SessionKey, Option<Session>>,
+    ) -> Result<BTreeMap<String, Family>, WriterError> {
         let mut sets: BTreeMap<String, Family> = BTreeMap::new();
         for (name, fam) in self.config.configured_sets() {
             sets.insert(name, fam);
@@ -732,7 +747,10 @@ impl Writer {
             sets.insert(DISPATCH_V4.to_string(), Family::V4);
             sets.insert(DISPATCH_V6.to_string(), Family::V6);
         }
-        for s in ledger.sessions() {
+        for (name, fam) in self.store.session_sets()? {
+            sets.entry(name).or_insert(fam);
+        }
+        for s in extra.values().flatten() {
             if s.ip4.is_some() {
                 sets.entry(s.set4.clone()).or_insert(Family::V4);
             }
@@ -743,24 +761,31 @@ impl Writer {
         Ok(sets)
     }
 
-    /// Makes the kernel sets equal to the live sessions, in one batch. A dry run
-    /// reports the same plan and changes nothing (not even missing sets).
+    /// Makes the kernel sets equal to the live sessions. A dry run reports the same
+    /// plan and changes nothing (not even missing sets).
+    ///
+    /// Streams: per set, the kernel's elements are dumped into a hash set, the store's
+    /// addresses for that set are read in index order, and the changes go to the
+    /// kernel in batches of at most [`RECONCILE_CHUNK`] elements. Memory is bounded by
+    /// the largest set, not by the number of sessions; each batch is atomic, and a
+    /// reconcile that stops half-way leaves sets that the next one completes.
     pub fn reconcile(&mut self, dry_run: bool) -> Result<ReconcileReport, WriterError> {
         let started = Instant::now();
         let table = self.table().to_string();
-        let portal = self.portal_edits();
+        let portal = self.portal_edits()?;
         let (ended, recovered) = count_edits(&portal);
-        // A dry run plays the portal's corrections on a copy; a real run commits them
-        // to the store now and lets the diff below carry them into the kernel.
-        let (sets, mut desired) = if dry_run {
-            let mut scratch = self.ledger.clone();
-            scratch.apply_all(portal);
-            (self.managed_sets(&scratch)?, scratch.desired())
+        // A dry run plays the portal's corrections as an overlay; a real run commits
+        // them to the store now and lets the diff below carry them into the kernel.
+        let overlay: HashMap<SessionKey, Option<Session>> = if dry_run {
+            session::play(&self.view(), portal)?
+                .writes
+                .into_iter()
+                .collect()
         } else {
             self.commit_sessions(portal)?;
-            (self.managed_sets(&self.ledger)?, self.ledger.desired())
+            HashMap::new()
         };
-        let t_desired = started.elapsed();
+        let sets = self.managed_sets(&overlay)?;
         let existing = self.nft.list_sets(&table)?.unwrap_or_default();
         let mut to_create = Vec::new();
         let mut usable: Vec<(String, Family)> = Vec::new();
@@ -788,10 +813,20 @@ impl Writer {
         if !to_create.is_empty() && !dry_run {
             self.nft.create(&table, &to_create)?;
         }
-        let mut actual = Actual::new();
-        for (name, _) in &usable {
-            let addrs: BTreeSet<IpAddr> = if to_create.iter().any(|s| &s.name == name) {
-                BTreeSet::new()
+        let mut out = Chunks {
+            table: table.clone(),
+            dry_run,
+            plan: Plan::default(),
+            added: 0,
+            deleted: 0,
+            report_adds: Vec::new(),
+            report_dels: Vec::new(),
+        };
+        let mut t_dump = std::time::Duration::ZERO;
+        for (name, family) in &usable {
+            let t = Instant::now();
+            let mut actual: HashSet<IpAddr> = if to_create.iter().any(|s| &s.name == name) {
+                HashSet::new()
             } else {
                 let info = existing
                     .iter()
@@ -807,58 +842,110 @@ impl Writer {
                 }
                 contents.addrs.into_iter().collect()
             };
-            actual.insert(name.clone(), addrs);
-        }
-        let mut jumps: HashMap<ElemRef, String> = HashMap::new();
-        if self.config.nftables.dispatch_map {
-            let mapped: Vec<(ElemRef, String, String)> = desired
-                .iter()
-                .filter_map(|(e, comment)| {
-                    let profile = self.profile_of_set(&e.set)?;
-                    let elem = ElemRef {
-                        set: dispatch_map(family_of(e.addr)).to_string(),
-                        addr: e.addr,
-                    };
-                    Some((elem, comment.clone(), profile))
-                })
-                .collect();
-            for (elem, comment, profile) in mapped {
-                jumps.insert(elem.clone(), profile);
-                desired.insert(elem, comment);
-            }
-        }
-        desired.retain(|e, _| actual.contains_key(&e.set));
-        let t_dump = started.elapsed();
-        let mut plan = reconcile::diff(&desired, &actual);
-        for a in &mut plan.adds {
-            if is_dispatch_map(&a.set) {
-                a.jump = jumps.remove(&ElemRef {
-                    set: a.set.clone(),
-                    addr: a.addr,
+            t_dump += t.elapsed();
+            let dispatch = is_dispatch_map(name);
+            // Addresses already accounted for: held, and either present or added.
+            let mut seen: HashSet<IpAddr> = HashSet::new();
+            let mut want = |out: &mut Chunks,
+                            nft: &mut Nft,
+                            addr: IpAddr,
+                            comment: &dyn Fn() -> String,
+                            jump: Option<String>|
+             -> Result<(), WriterError> {
+                if !seen.insert(addr) || actual.remove(&addr) {
+                    return Ok(());
+                }
+                out.plan.adds.push(ElemAdd {
+                    set: name.clone(),
+                    addr,
+                    comment: comment(),
+                    jump,
                 });
+                out.flush_if_full(nft)
+            };
+            let Writer {
+                store,
+                nft,
+                config,
+                unsynced,
+                ignored,
+                ..
+            } = self;
+            let view = StoreView {
+                store,
+                unsynced,
+                ignored,
+            };
+            let filter =
+                (!view.unsynced.is_empty() || !view.ignored.is_empty() || !overlay.is_empty())
+                    .then_some(());
+            store.for_each_holding(*family, (!dispatch).then_some(name.as_str()), |h| {
+                if filter.is_some()
+                    && (view.hidden(h.profile, h.conn_id)
+                        || parse_key(h.profile, h.conn_id)
+                            .is_some_and(|k| overlay.contains_key(&k)))
+                {
+                    return Ok(());
+                }
+                let jump = if dispatch {
+                    match profile_of_set(config, h.set) {
+                        Some(p) => Some(p),
+                        None => return Ok(()),
+                    }
+                } else {
+                    None
+                };
+                want(
+                    &mut out,
+                    nft,
+                    h.addr,
+                    &|| session::comment_from(h.user_id, h.conn_id),
+                    jump,
+                )
+            })?;
+            // A dry run's portal corrections.
+            for s in overlay.values().flatten() {
+                for e in s.elems() {
+                    let (set, jump) = if dispatch {
+                        if family_of(e.addr) != *family {
+                            continue;
+                        }
+                        match profile_of_set(config, &e.set) {
+                            Some(p) => (name.clone(), Some(p)),
+                            None => continue,
+                        }
+                    } else {
+                        (e.set.clone(), None)
+                    };
+                    if &set == name {
+                        want(&mut out, nft, e.addr, &|| s.comment(), jump)?;
+                    }
+                }
+            }
+            // What no session explains.
+            let mut stale: Vec<IpAddr> = actual.into_iter().collect();
+            stale.sort();
+            for addr in stale {
+                out.plan.dels.push(ElemRef {
+                    set: name.clone(),
+                    addr,
+                });
+                out.flush_if_full(nft)?;
             }
         }
-        let t_diff = started.elapsed();
+        out.flush(&mut self.nft)?;
         let summary = Summary {
-            sets: actual.len(),
-            added: plan.adds.len(),
-            deleted: plan.dels.len(),
+            sets: usable.len(),
+            added: out.added,
+            deleted: out.deleted,
             portal_ended: ended,
             portal_recovered: recovered,
         };
         let report = ReconcileReport {
             dry_run,
             summary,
-            adds: plan
-                .adds
-                .iter()
-                .take(REPORT_LIST)
-                .map(|a| ElemRef {
-                    set: a.set.clone(),
-                    addr: a.addr,
-                })
-                .collect(),
-            dels: plan.dels.iter().take(REPORT_LIST).cloned().collect(),
+            adds: out.report_adds,
+            dels: out.report_dels,
         };
         if dry_run {
             tracing::info!(
@@ -868,67 +955,56 @@ impl Writer {
             );
             return Ok(report);
         }
-        self.nft.apply(&table, &plan)?;
-        let t_apply = started.elapsed();
-        tracing::debug!(
-            desired_ms = t_desired.as_millis() as u64,
-            dump_ms = (t_dump - t_desired).as_millis() as u64,
-            diff_ms = (t_diff - t_dump).as_millis() as u64,
-            apply_ms = (t_apply - t_diff).as_millis() as u64,
-            "reconcile phases"
-        );
         self.store.add_managed_sets(&usable)?;
         self.ready_sets = usable.into_iter().map(|(s, _)| s).collect();
         tracing::info!(
             sets = summary.sets,
-            sessions = self.ledger.len(),
+            sessions = self.session_count(),
             added = summary.added,
             deleted = summary.deleted,
             portal_ended = summary.portal_ended,
             portal_recovered = summary.portal_recovered,
+            dump_ms = t_dump.as_millis() as u64,
             ms = started.elapsed().as_millis() as u64,
             "reconciled"
         );
-        for d in plan.dels.iter().take(20) {
+        for d in report.dels.iter().take(20) {
             tracing::info!(set = %d.set, addr = %d.addr, "reconcile removed stale element");
         }
-        for a in plan.adds.iter().take(20) {
+        for a in report.adds.iter().take(20) {
             tracing::info!(set = %a.set, addr = %a.addr, "reconcile restored missing element");
         }
         Ok(report)
     }
 
     fn status(&mut self) -> Response {
-        let mut sessions: Vec<Session> = self.ledger.sessions().cloned().collect();
-        sessions.sort_by(|a, b| (&a.profile, &a.conn_id).cmp(&(&b.profile, &b.conn_id)));
+        match self.status_report() {
+            Ok(r) => Response::Status(r),
+            Err(e) => Response::Failed {
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn status_report(&mut self) -> Result<StatusReport, WriterError> {
+        let view = self.view();
+        let sessions: Vec<Session> = self
+            .store
+            .first_sessions(STATUS_LIST + self.unsynced.len() + self.ignored.len())?
+            .into_iter()
+            .filter(|s| !view.hidden(s.profile.as_str(), s.conn_id.as_str()))
+            .take(STATUS_LIST)
+            .collect();
         let table = self.table().to_string();
-        let sets = match self.managed_sets(&self.ledger) {
-            Ok(s) => s,
-            Err(e) => {
-                return Response::Failed {
-                    reason: e.to_string(),
-                };
-            }
-        };
-        let existing = match self.nft.list_sets(&table) {
-            Ok(l) => l.unwrap_or_default(),
-            Err(e) => {
-                return Response::Failed {
-                    reason: e.to_string(),
-                };
-            }
-        };
+        let sets = self.managed_sets(&HashMap::new())?;
+        let existing = self.nft.list_sets(&table)?.unwrap_or_default();
         let mut sizes = Vec::new();
         for name in sets.keys() {
             let elements = match existing.iter().find(|s| &s.name == name) {
-                Some(info) => match self.nft.dump_set(&table, info) {
-                    Ok(c) => Some(c.addrs.len() + c.ranges.len()),
-                    Err(e) => {
-                        return Response::Failed {
-                            reason: e.to_string(),
-                        };
-                    }
-                },
+                Some(info) => {
+                    let c = self.nft.dump_set(&table, info)?;
+                    Some(c.addrs.len() + c.ranges.len())
+                }
                 None => None,
             };
             sizes.push(SetSize {
@@ -936,8 +1012,9 @@ impl Writer {
                 elements,
             });
         }
-        Response::Status(StatusReport {
+        Ok(StatusReport {
             sessions,
+            sessions_total: self.session_count(),
             sets: sizes,
             netlink_batches: self.nft.batches(),
             events: self.events,
@@ -945,20 +1022,138 @@ impl Writer {
     }
 }
 
-/// Opens a store transaction holding the current state of each key's session.
+/// A reconcile's changes on their way to the kernel, in bounded batches.
+struct Chunks {
+    table: String,
+    dry_run: bool,
+    plan: Plan,
+    added: usize,
+    deleted: usize,
+    /// The first [`REPORT_LIST`] of each, for the report.
+    report_adds: Vec<ElemRef>,
+    report_dels: Vec<ElemRef>,
+}
+
+impl Chunks {
+    fn flush_if_full(&mut self, nft: &mut Nft) -> Result<(), WriterError> {
+        if self.plan.adds.len() + self.plan.dels.len() >= RECONCILE_CHUNK {
+            self.flush(nft)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the pending changes as one atomic batch (a dry run only counts them).
+    fn flush(&mut self, nft: &mut Nft) -> Result<(), WriterError> {
+        if self.plan.is_empty() {
+            return Ok(());
+        }
+        if !self.dry_run {
+            nft.apply(&self.table, &self.plan)?;
+        }
+        self.added += self.plan.adds.len();
+        self.deleted += self.plan.dels.len();
+        for a in &self.plan.adds {
+            if self.report_adds.len() < REPORT_LIST {
+                self.report_adds.push(ElemRef {
+                    set: a.set.clone(),
+                    addr: a.addr,
+                });
+            }
+        }
+        for d in &self.plan.dels {
+            if self.report_dels.len() < REPORT_LIST {
+                self.report_dels.push(d.clone());
+            }
+        }
+        self.plan = Plan::default();
+        Ok(())
+    }
+}
+
+/// Opens a store transaction holding the final state of each session the batch
+/// changed, plus the deletes of earlier ends the store did not take.
 fn stage<'a>(
     store: &'a mut Store,
-    ledger: &Ledger,
-    keys: &[SessionKey],
+    writes: &[(SessionKey, Option<Session>)],
+    unsynced: &HashSet<SessionKey>,
 ) -> Result<crate::store::StoreTxn<'a>, StoreError> {
     let txn = store.begin()?;
-    for key in keys {
-        match ledger.get(key) {
+    for (key, state) in writes {
+        match state {
             Some(s) => txn.upsert(s)?,
             None => txn.delete(key)?,
         }
     }
+    for key in unsynced {
+        if !writes.iter().any(|(k, _)| k == key) {
+            txn.delete(key)?;
+        }
+    }
     Ok(txn)
+}
+
+/// The profile whose set this is: configured profiles by their set names, others by
+/// the `<id>_v4` / `<id>_v6` convention.
+fn profile_of_set(config: &Config, set: &str) -> Option<String> {
+    for p in &config.profiles {
+        let s = config.sets_for(&p.id);
+        if s.set4 == set || s.set6 == set {
+            return Some(p.id.to_string());
+        }
+    }
+    let id = set
+        .strip_suffix("_v4")
+        .or_else(|| set.strip_suffix("_v6"))?;
+    ProfileId::parse(id).ok().map(|p| p.to_string())
+}
+
+fn parse_key(profile: &str, conn_id: &str) -> Option<SessionKey> {
+    Some(SessionKey {
+        profile: ProfileId::parse(profile).ok()?,
+        conn_id: crate::event::ConnectionId::parse(conn_id).ok()?,
+    })
+}
+
+/// The store as [`View`] sees it: rows that do not validate and sessions whose end
+/// is not yet stored are absent.
+pub struct StoreView<'a> {
+    store: &'a Store,
+    unsynced: &'a HashSet<SessionKey>,
+    ignored: &'a HashSet<(String, String)>,
+}
+
+impl StoreView<'_> {
+    /// Whether the stored row with this key is to be treated as absent.
+    fn hidden(&self, profile: &str, conn_id: &str) -> bool {
+        self.unsynced
+            .iter()
+            .any(|k| k.profile.as_str() == profile && k.conn_id.as_str() == conn_id)
+            || (!self.ignored.is_empty()
+                && self
+                    .ignored
+                    .contains(&(profile.to_string(), conn_id.to_string())))
+    }
+}
+
+impl View for StoreView<'_> {
+    type Error = StoreError;
+
+    fn get(&self, key: &SessionKey) -> Result<Option<Session>, StoreError> {
+        if self.unsynced.contains(key) {
+            return Ok(None);
+        }
+        Ok(self.store.session(key)?.and_then(Result::ok))
+    }
+
+    fn holders(&self, elem: &ElemRef) -> Result<Vec<SessionKey>, StoreError> {
+        Ok(self
+            .store
+            .holders(&elem.set, elem.addr)?
+            .into_iter()
+            .filter(|(p, c)| !self.hidden(p, c))
+            .filter_map(|(p, c)| parse_key(&p, &c))
+            .collect())
+    }
 }
 
 /// Keys that live in resources opened at start (table, socket, store, threads).
