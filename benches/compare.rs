@@ -82,12 +82,33 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
-    connect_disconnect(&sizes, &mut report);
-    scaling(&sizes, &mut report, false);
-    scaling(&sizes, &mut report, true);
-    reconcile(&sizes, &mut report);
-    concurrent(&sizes, &mut report);
-    memory(&sizes, &mut report);
+    // `-- --only reconcile,memory` runs some groups: connect, hash, interval,
+    // reconcile, concurrent, memory.
+    let args: Vec<String> = std::env::args().collect();
+    let only: Option<Vec<String>> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|l| l.split(',').map(str::to_string).collect());
+    let wanted = |group: &str| only.as_ref().is_none_or(|o| o.iter().any(|g| g == group));
+    if wanted("connect") {
+        connect_disconnect(&sizes, &mut report);
+    }
+    if wanted("hash") {
+        scaling(&sizes, &mut report, false);
+    }
+    if wanted("interval") {
+        scaling(&sizes, &mut report, true);
+    }
+    if wanted("reconcile") {
+        reconcile(&sizes, &mut report);
+    }
+    if wanted("concurrent") {
+        concurrent(&sizes, &mut report);
+    }
+    if wanted("memory") {
+        memory(&sizes, &mut report);
+    }
     report.print();
 }
 

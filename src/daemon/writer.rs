@@ -49,7 +49,7 @@ const MAX_BATCH: usize = 4096;
 
 /// Most element changes one reconcile batch carries: bounds the daemon's memory
 /// (about 100 bytes per element in the batch) whatever the number of sessions.
-const RECONCILE_CHUNK: usize = 32_768;
+const RECONCILE_CHUNK: usize = 8192;
 
 /// Sessions `status` lists (it always has the full count).
 const STATUS_LIST: usize = 1000;
@@ -1001,10 +1001,7 @@ impl Writer {
         let mut sizes = Vec::new();
         for name in sets.keys() {
             let elements = match existing.iter().find(|s| &s.name == name) {
-                Some(info) => {
-                    let c = self.nft.dump_set(&table, info)?;
-                    Some(c.addrs.len() + c.ranges.len())
-                }
+                Some(info) => Some(self.nft.count_set(&table, info)?),
                 None => None,
             };
             sizes.push(SetSize {

@@ -393,23 +393,63 @@ impl Nft {
 
     /// Reads every element of one set.
     pub fn dump_set(&mut self, table: &str, set: &SetInfo) -> Result<SetContents, NftError> {
+        let mut raw = Vec::new();
+        self.dump_elems(table, set, |msg, restart| {
+            if restart {
+                raw.clear();
+            }
+            raw.append(msg)
+        })?;
+        contents_from(&raw, set.interval)
+    }
+
+    /// How many addresses and ranges a set holds, without keeping them (hash sets are
+    /// counted message by message; interval sets need their pairs matched).
+    pub fn count_set(&mut self, table: &str, set: &SetInfo) -> Result<usize, NftError> {
+        if set.interval {
+            let c = self.dump_set(table, set)?;
+            return Ok(c.addrs.len() + c.ranges.len());
+        }
+        let mut n = 0;
+        self.dump_elems(table, set, |msg, restart| {
+            if restart {
+                n = 0;
+            }
+            n += msg.len();
+            msg.clear();
+        })?;
+        Ok(n)
+    }
+
+    /// Dumps a set's elements, handing over each message's worth. `restart` is true
+    /// when the kernel interrupted the dump (the ruleset changed) and it started over:
+    /// forget what came before.
+    fn dump_elems(
+        &mut self,
+        table: &str,
+        set: &SetInfo,
+        mut on_msg: impl FnMut(&mut Vec<msg::RawElem>, bool),
+    ) -> Result<(), NftError> {
         let ctable = cname(table)?;
         let cset = cname(&set.name)?;
         let seq = self.next_seq();
         let req = msg::get_set_elems(&mut self.scratch, seq, &ctable, &cset)
             .ok_or_else(|| NftError::Parse("cannot allocate a set message".into()))?;
-        let mut raw = Vec::new();
+        let mut elems = Vec::new();
         let mut bad = false;
+        let restarted = std::cell::Cell::new(false);
         let result = self.sock.dump(
             &req,
             seq,
             |m| {
                 // SAFETY: `dump` hands over complete messages aligned for nlmsghdr.
-                if !unsafe { msg::parse_elems(m.as_ptr().cast(), &mut raw) } {
+                if !unsafe { msg::parse_elems(m.as_ptr().cast(), &mut elems) } {
                     bad = true;
                 }
+                on_msg(&mut elems, restarted.replace(false));
+                elems.clear();
             },
-            || {},
+            || restarted.set(true),
         );
         match result {
             Ok(()) => {}
@@ -428,7 +468,7 @@ impl Nft {
                 set.name
             )));
         }
-        contents_from(&raw, set.interval)
+        Ok(())
     }
 
     /// Applies the whole plan as one atomic netlink batch and checks every ACK.
@@ -681,8 +721,9 @@ fn last_addr(like: IpAddr) -> IpAddr {
 fn contents_from(raw: &[msg::RawElem], interval: bool) -> Result<SetContents, NftError> {
     let mut elems = Vec::with_capacity(raw.len());
     for r in raw {
-        let addr = addr_of(&r.key)
-            .ok_or_else(|| NftError::Parse(format!("element key of {} bytes", r.key.len())))?;
+        let addr = r
+            .key
+            .map_err(|len| NftError::Parse(format!("element key of {len} bytes")))?;
         elems.push((addr, r.interval_end));
     }
     let mut out = SetContents::default();
@@ -735,13 +776,8 @@ mod tests {
     use super::*;
 
     fn raw(addr: &str, end: bool) -> msg::RawElem {
-        let a: IpAddr = addr.parse().expect("addr");
-        let key = match a {
-            IpAddr::V4(v) => v.octets().to_vec(),
-            IpAddr::V6(v) => v.octets().to_vec(),
-        };
         msg::RawElem {
-            key,
+            key: Ok(addr.parse().expect("addr")),
             interval_end: end,
         }
     }

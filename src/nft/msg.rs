@@ -442,7 +442,8 @@ pub unsafe fn parse_set(nlh: *const libc::nlmsghdr) -> Option<ParsedSet> {
 /// One element as a dump reports it: its key bytes and flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawElem {
-    pub key: Vec<u8>,
+    /// The key as an address; `Err(length)` for a key that is not 4 or 16 bytes.
+    pub key: Result<IpAddr, usize>,
     pub interval_end: bool,
 }
 
@@ -474,9 +475,10 @@ pub unsafe fn parse_elems(nlh: *const libc::nlmsghdr, out: &mut Vec<RawElem>) ->
             let mut len: u32 = 0;
             let key = sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
             let key = if key.is_null() {
-                Vec::new()
+                Err(0)
             } else {
-                std::slice::from_raw_parts(key.cast::<u8>(), len as usize).to_vec()
+                let bytes = std::slice::from_raw_parts(key.cast::<u8>(), len as usize);
+                super::addr_of(bytes).ok_or(bytes.len())
             };
             let flags = if sys::nftnl_set_elem_is_set(e, sys::NFTNL_SET_ELEM_FLAGS as u16) {
                 sys::nftnl_set_elem_get_u32(e, sys::NFTNL_SET_ELEM_FLAGS as u16)
