@@ -164,6 +164,26 @@ impl Topology {
         }
         ip(&client, "route add default via 10.10.0.1");
         ip(&client, "-6 route add default via fd10::1");
+        // A veth transmits nothing until the kernel's link watcher has activated it,
+        // up to a second after `link set up`, and a neighbor solicitation lost then
+        // is retried only a second later: the first IPv6 packet over a fresh link
+        // takes 1-2 s, longer than a probe's timeout. Wait until every link carries a
+        // ping, before any ruleset is loaded.
+        for (ns, node_v4, node_v6) in [
+            (&client, "10.10.0.1", "fd10::1"),
+            (&internal, "172.16.0.1", "fd16::1"),
+            (&internet, "192.0.2.1", "2001:db8::1"),
+        ] {
+            super::wait_for("links up", std::time::Duration::from_secs(10), || {
+                [node_v4, node_v6].iter().all(|addr| {
+                    ns.cmd("ping")
+                        .args(["-c1", "-W1", addr])
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                })
+            });
+        }
         let mut listeners = Vec::new();
         for (ns, gw4, gw6) in [
             (&internal, "172.16.0.1", "fd16::1"),
