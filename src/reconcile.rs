@@ -2,7 +2,7 @@
 //!
 //! No I/O lives here, so every drift case can be tested with tables of cases.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::IpAddr;
 
 /// One element of one managed set.
@@ -45,7 +45,41 @@ pub type Actual = BTreeMap<String, BTreeSet<IpAddr>>;
 /// The elements live sessions need, each with the comment of one holder.
 pub type Desired = BTreeMap<ElemRef, String>;
 
-/// Diffs desired against actual for the sets in `actual`.
+/// The diff of one set, fed as a stream so that memory is bounded by the set, not by
+/// the number of sessions: the kernel's elements up front, then every address a live
+/// session holds, in any order and with repeats.
+#[derive(Debug, Default)]
+pub struct SetDiff {
+    /// Kernel elements no session has claimed yet.
+    actual: HashSet<IpAddr>,
+    /// Addresses sessions hold, seen so far.
+    seen: HashSet<IpAddr>,
+}
+
+impl SetDiff {
+    pub fn new(actual: impl IntoIterator<Item = IpAddr>) -> SetDiff {
+        SetDiff {
+            actual: actual.into_iter().collect(),
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Records that a live session holds `addr`; true the first time an address the
+    /// kernel lacks is seen: it must be added.
+    pub fn want(&mut self, addr: IpAddr) -> bool {
+        self.seen.insert(addr) && !self.actual.remove(&addr)
+    }
+
+    /// The kernel's elements no live session holds, sorted: to delete.
+    pub fn stale(self) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self.actual.into_iter().collect();
+        v.sort();
+        v
+    }
+}
+
+/// Diffs desired against actual for the sets in `actual` (all at once; the daemon
+/// streams the same logic set by set through [`SetDiff`]).
 ///
 /// - an element in a reconciled set that no live session explains is deleted;
 /// - a desired element missing from its set is added.
@@ -54,31 +88,39 @@ pub type Desired = BTreeMap<ElemRef, String>;
 /// such sets first, or gets a clear error from the kernel).
 pub fn diff(desired: &Desired, actual: &Actual) -> Plan {
     let mut plan = Plan::default();
-    for (set, addrs) in actual {
-        for addr in addrs {
-            let elem = ElemRef {
-                set: set.clone(),
-                addr: *addr,
-            };
-            if !desired.contains_key(&elem) {
-                plan.dels.push(elem);
+    let mut sets: BTreeSet<&String> = actual.keys().collect();
+    sets.extend(desired.keys().map(|e| &e.set));
+    for set in sets {
+        let mut d = SetDiff::new(actual.get(set).into_iter().flatten().copied());
+        for (elem, comment) in desired.range(set_range(set)) {
+            if d.want(elem.addr) {
+                plan.adds.push(ElemAdd {
+                    set: set.clone(),
+                    addr: elem.addr,
+                    comment: comment.clone(),
+                    jump: None,
+                });
             }
         }
-    }
-    for (elem, comment) in desired {
-        let present = actual
-            .get(&elem.set)
-            .is_some_and(|addrs| addrs.contains(&elem.addr));
-        if !present {
-            plan.adds.push(ElemAdd {
-                set: elem.set.clone(),
-                addr: elem.addr,
-                comment: comment.clone(),
-                jump: None,
-            });
-        }
+        plan.dels.extend(d.stale().into_iter().map(|addr| ElemRef {
+            set: set.clone(),
+            addr,
+        }));
     }
     plan
+}
+
+/// Every element of one set in a [`Desired`] map.
+fn set_range(set: &str) -> std::ops::RangeInclusive<ElemRef> {
+    let lo = ElemRef {
+        set: set.to_string(),
+        addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    };
+    let hi = ElemRef {
+        set: set.to_string(),
+        addr: IpAddr::V6(std::net::Ipv6Addr::from(u128::MAX)),
+    };
+    lo..=hi
 }
 
 /// Counts for the log line and for `vpnfw reconcile`.
@@ -190,6 +232,20 @@ mod tests {
             assert_eq!(adds(&plan), c.adds, "{}: adds", c.name);
             assert_eq!(plan.dels, c.dels, "{}: dels", c.name);
         }
+    }
+
+    #[test]
+    fn set_diff_streams_repeats_and_any_order() {
+        let ip = |s: &str| -> IpAddr { s.parse().expect("addr") };
+        let mut d = SetDiff::new([ip("10.0.0.1"), ip("10.0.0.2"), ip("10.0.0.9")]);
+        // Held and present: nothing to do, also when a second session holds it.
+        assert!(!d.want(ip("10.0.0.2")));
+        assert!(!d.want(ip("10.0.0.2")));
+        // Held and missing: added once, whoever else holds it.
+        assert!(d.want(ip("10.0.0.5")));
+        assert!(!d.want(ip("10.0.0.5")));
+        assert!(!d.want(ip("10.0.0.1")));
+        assert_eq!(d.stale(), vec![ip("10.0.0.9")]);
     }
 
     #[test]

@@ -468,3 +468,49 @@ fn interval_sets_50k_elements_add_and_delete_around_neighbours() {
     );
     assert!(has(&past_end) && has("10.10.195.80"));
 }
+
+/// A hand-edited row that does not validate is left out of the kernel (and logged),
+/// not trusted; a later connect of the same session replaces it and counts.
+#[test]
+fn invalid_store_row_is_ignored_until_the_session_connects_again() {
+    let mut d = Daemon::start(STAFF);
+    assert_eq!(
+        d.hook(&connect_vars("staff", "good", "10.10.0.5", "fd10::5"))
+            .code,
+        0
+    );
+    d.stop();
+    sqlite(
+        &d.store(),
+        // A control character in the user id: the hook would never have let it in.
+        "INSERT INTO sessions VALUES ('staff','edited','bob' || char(7),'openvpn','10.10.0.9','fd10::9','staff_v4','staff_v6',0,'boot-one');",
+    );
+    d.restart();
+    assert!(
+        d.log().contains("ignoring invalid store row") && d.log().contains("conn_id=edited"),
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.elements("staff_v4"), Some(ips(&["10.10.0.5"])));
+    assert_eq!(d.elements("staff_v6"), Some(ips(&["fd10::5"])));
+    assert_eq!(d.status()["sessions_total"], 1);
+    // The same session connects through the hook: its row is replaced and counted.
+    assert_eq!(
+        d.hook(&connect_vars("staff", "edited", "10.10.0.9", "fd10::9"))
+            .code,
+        0
+    );
+    assert_eq!(
+        d.elements("staff_v4"),
+        Some(ips(&["10.10.0.5", "10.10.0.9"]))
+    );
+    assert_eq!(d.status()["sessions_total"], 2);
+    // A reconcile keeps it: the row is no longer treated as invalid.
+    let (code, out) = run_vpnfw(&d, &["reconcile"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        d.elements("staff_v4"),
+        Some(ips(&["10.10.0.5", "10.10.0.9"]))
+    );
+    d.assert_kernel_matches_store(&["staff_v4", "staff_v6"]);
+}

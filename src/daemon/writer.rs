@@ -15,7 +15,7 @@ use crate::event::{Event, EventKind, ProfileId, Proto, UserId};
 use crate::nft::{Conntrack, Family, KeyType, Nft, NftError, SetSpec};
 use crate::portal;
 use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
-use crate::reconcile::{ElemAdd, ElemRef, Plan, Summary};
+use crate::reconcile::{ElemAdd, ElemRef, Plan, SetDiff, Summary};
 use crate::session::{self, Batch, Change, Edit, Session, SessionKey, View};
 use crate::store::{Store, StoreError};
 
@@ -533,7 +533,7 @@ impl Writer {
         match self.persist(&batch) {
             Ok(()) => {
                 self.removed.extend(batch.plan.dels.iter().map(|d| d.addr));
-                self.count(&batch.changes);
+                self.committed(&batch);
                 Ok(batch.changes)
             }
             Err(e) => {
@@ -544,9 +544,10 @@ impl Writer {
         }
     }
 
-    /// Follows committed changes in the per-profile counts.
-    fn count(&mut self, changes: &[Change]) {
-        for c in changes {
+    /// Follows a batch the store committed: per-profile counts, and rows that were
+    /// invalid but now hold a session written by this batch.
+    fn committed(&mut self, batch: &Batch) {
+        for c in &batch.changes {
             match c {
                 Change::Inserted(k) => *self.profiles.entry(k.profile.clone()).or_insert(0) += 1,
                 Change::Removed(old) => {
@@ -558,6 +559,12 @@ impl Writer {
                     }
                 }
                 Change::Replaced(_) | Change::Unchanged(_) | Change::Unknown(_) => {}
+            }
+        }
+        if !self.ignored.is_empty() {
+            for (k, _) in &batch.writes {
+                self.ignored
+                    .remove(&(k.profile.to_string(), k.conn_id.to_string()));
             }
         }
     }
@@ -620,7 +627,7 @@ impl Writer {
         let batch = session::play(&self.view(), edits)?;
         stage(&mut self.store, &batch.writes, &self.unsynced)?.commit()?;
         self.unsynced.clear();
-        self.count(&batch.changes);
+        self.committed(&batch);
         Ok(())
     }
 
@@ -825,8 +832,8 @@ impl Writer {
         let mut t_dump = std::time::Duration::ZERO;
         for (name, family) in &usable {
             let t = Instant::now();
-            let mut actual: HashSet<IpAddr> = if to_create.iter().any(|s| &s.name == name) {
-                HashSet::new()
+            let actual: Vec<IpAddr> = if to_create.iter().any(|s| &s.name == name) {
+                Vec::new()
             } else {
                 let info = existing
                     .iter()
@@ -840,19 +847,18 @@ impl Writer {
                 for (first, last) in &contents.ranges {
                     tracing::warn!(set = %name, %first, %last, "leaving a range vpnfw did not write");
                 }
-                contents.addrs.into_iter().collect()
+                contents.addrs
             };
             t_dump += t.elapsed();
             let dispatch = is_dispatch_map(name);
-            // Addresses already accounted for: held, and either present or added.
-            let mut seen: HashSet<IpAddr> = HashSet::new();
+            let mut diff = SetDiff::new(actual);
             let mut want = |out: &mut Chunks,
                             nft: &mut Nft,
                             addr: IpAddr,
                             comment: &dyn Fn() -> String,
                             jump: Option<String>|
              -> Result<(), WriterError> {
-                if !seen.insert(addr) || actual.remove(&addr) {
+                if !diff.want(addr) {
                     return Ok(());
                 }
                 out.plan.adds.push(ElemAdd {
@@ -923,9 +929,7 @@ impl Writer {
                 }
             }
             // What no session explains.
-            let mut stale: Vec<IpAddr> = actual.into_iter().collect();
-            stale.sort();
-            for addr in stale {
+            for addr in diff.stale() {
                 out.plan.dels.push(ElemRef {
                     set: name.clone(),
                     addr,
