@@ -11,6 +11,7 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::mpsc;
@@ -304,6 +305,53 @@ fn flush_cuts_only_that_source(v6: bool, zoned: bool) {
     assert!(!f0a.ping(), "client 0's first flow is cut");
     assert!(!f0b.ping(), "client 0's second flow is cut");
     assert!(f1.ping(), "client 1's flow keeps running");
+}
+
+/// Many addresses in one call (one dump per family), and an address the caller
+/// spares after the dump (handed to a new session) keeps its flows.
+#[test]
+fn flush_sources_takes_many_addresses_and_spares_the_reassigned() {
+    let router = Netns::new();
+    let c0 = Netns::new();
+    let c1 = Netns::new();
+    let server = Netns::new();
+    wire(&router, &[&c0, &c1], &server);
+    router.nft_load(ROUTER_POLICY);
+    let ((a0, a0v6), (a1, _)) = (client_addrs(0), client_addrs(1));
+    router.nft(&[
+        "add",
+        "element",
+        "inet",
+        "t",
+        "admitted_v4",
+        &format!("{{ {a0}, {a1} }}"),
+    ]);
+    let at = |port| SocketAddr::new(SERVER_V4.parse().expect("ip"), port);
+    let mut f0 = Flow::open(&c0, &server, at(7000));
+    let mut f1 = Flow::open(&c1, &server, at(7001));
+    assert!(f0.ping() && f1.ping(), "the flows work while admitted");
+    wait_for("both entries", Duration::from_secs(2), || {
+        ct_count(&router, a0) == 1 && ct_count(&router, a1) == 1
+    });
+    router.nft(&["flush", "set", "inet", "t", "admitted_v4"]);
+    let deleted = in_ns(&router, move || {
+        Conntrack::open()
+            .expect("open ctnetlink")
+            .flush_sources(&BTreeSet::from([a0, a1, a0v6]), |a| a == a1)
+            .expect("flush_sources")
+    });
+    assert_eq!(
+        deleted,
+        BTreeMap::from([(a0, 1)]),
+        "only a0's entry, a1 spared"
+    );
+    assert_eq!(
+        ct_count(&router, a1),
+        1,
+        "the spared address keeps its entry"
+    );
+    assert!(!f0.ping(), "a0's flow is cut");
+    assert!(f1.ping(), "a1's flow keeps running");
 }
 
 #[test]

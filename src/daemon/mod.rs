@@ -1,6 +1,7 @@
 //! `vpnfw serve`: wiring, not logic. The socket, the peer check, the queue, and the
 //! writer thread that owns the kernel and the store.
 
+mod ctflush;
 mod peer;
 mod writer;
 

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use super::ctflush::CtFlusher;
 use crate::config::Config;
 use crate::event::{Event, EventKind, ProfileId, Proto, UserId};
 use crate::nft::{Conntrack, Family, KeyType, Nft, NftError, SetSpec};
@@ -112,8 +113,8 @@ pub struct Writer {
     /// the store's view and retried with the next store transaction. Until then a
     /// restart would bring them back.
     unsynced: HashSet<SessionKey>,
-    /// `[conntrack] flush_on_disconnect`: ctnetlink, opened at start.
-    conntrack: Option<Conntrack>,
+    /// `[conntrack] flush_on_disconnect`: ctnetlink, opened at start, on its own thread.
+    conntrack: Option<CtFlusher>,
     /// Addresses that left the sets in this batch: their flows are cut after the
     /// answers went out, so the hook never waits for it.
     removed: Vec<IpAddr>,
@@ -345,7 +346,12 @@ impl Writer {
         if !self.config.conntrack.flush_on_disconnect {
             return;
         }
-        match Conntrack::open() {
+        match Conntrack::open().and_then(|c| {
+            CtFlusher::start(c).map_err(|source| NftError::Conntrack {
+                what: "starting the conntrack cleanup thread".into(),
+                source,
+            })
+        }) {
             Ok(c) => self.conntrack = Some(c),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open ctnetlink; established flows survive disconnects")
@@ -353,20 +359,18 @@ impl Writer {
         }
     }
 
-    /// Cuts established flows of addresses that left the sets.
+    /// Hands the addresses that left every set to the conntrack thread, which cuts
+    /// their established flows (after the answers went out, off this thread).
     fn flush_conntrack(&mut self) {
         let removed = std::mem::take(&mut self.removed);
-        let Some(ct) = self.conntrack.as_mut() else {
+        if self.conntrack.is_none() || removed.is_empty() {
             return;
-        };
+        }
+        let view = self.view();
+        let mut gone = Vec::new();
         let mut seen = HashSet::new();
         for addr in removed {
             // An address still held in another set (another profile) keeps its flows.
-            let view = StoreView {
-                store: &self.store,
-                unsynced: &self.unsynced,
-                ignored: &self.ignored,
-            };
             let held = self.ready_sets.iter().any(|set| {
                 view.holders(&ElemRef {
                     set: set.clone(),
@@ -374,14 +378,12 @@ impl Writer {
                 })
                 .map_or(true, |h| !h.is_empty())
             });
-            if !seen.insert(addr) || held {
-                continue;
+            if seen.insert(addr) && !held {
+                gone.push(addr);
             }
-            match ct.flush_source(addr) {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(%addr, flows = n, "conntrack entries deleted"),
-                Err(e) => tracing::error!(%addr, error = %e, "conntrack cleanup failed"),
-            }
+        }
+        if let Some(ct) = self.conntrack.as_mut() {
+            ct.queue(gone);
         }
     }
 
@@ -533,6 +535,9 @@ impl Writer {
         match self.persist(&batch) {
             Ok(()) => {
                 self.removed.extend(batch.plan.dels.iter().map(|d| d.addr));
+                if let Some(ct) = &self.conntrack {
+                    ct.cancel(batch.plan.adds.iter().map(|a| a.addr));
+                }
                 self.committed(&batch);
                 Ok(batch.changes)
             }

@@ -24,6 +24,7 @@
 //! - An entry can expire or be deleted between the dump and the delete: ENOENT.
 
 use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 
@@ -93,10 +94,46 @@ impl Conntrack {
     /// returns how many it deleted (entries that vanished meanwhile do not count).
     /// No conntrack in the kernel: `Ok(0)`.
     pub fn flush_source(&mut self, addr: IpAddr) -> Result<usize, NftError> {
-        let Some(entries) = self.entries_from(addr)? else {
-            return Ok(0);
-        };
-        let mut deleted = 0;
+        let counts = self.flush_sources(&BTreeSet::from([addr]), |_| false)?;
+        Ok(counts.get(&addr).copied().unwrap_or(0))
+    }
+
+    /// [`Conntrack::flush_source`] for many addresses at once: ONE dump per family
+    /// however many addresses (a dump walks the whole conntrack hash, ~8 ms at the
+    /// default 262144 buckets), kernel-filtered when it is a lone IPv4 address.
+    /// `spare(addr)` is asked after the dump and before any delete: an address that
+    /// was handed to a new session meanwhile keeps its entries. Returns the number
+    /// deleted per address that had any.
+    pub fn flush_sources(
+        &mut self,
+        addrs: &BTreeSet<IpAddr>,
+        spare: impl Fn(IpAddr) -> bool,
+    ) -> Result<BTreeMap<IpAddr, usize>, NftError> {
+        let mut deleted = BTreeMap::new();
+        for v4 in [true, false] {
+            let group: BTreeSet<IpAddr> = addrs
+                .iter()
+                .filter(|a| a.is_ipv4() == v4)
+                .copied()
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let Some(entries) = self.entries_from(&group)? else {
+                return Ok(deleted);
+            };
+            let entries: Vec<Entry> = entries.into_iter().filter(|e| !spare(e.src)).collect();
+            self.delete(&entries, &mut deleted)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes exactly these entries, counting per source address.
+    fn delete(
+        &mut self,
+        entries: &[Entry],
+        deleted: &mut BTreeMap<IpAddr, usize>,
+    ) -> Result<(), NftError> {
         for chunk in entries.chunks(DELETES_PER_SEND) {
             let mut out = Vec::new();
             let mut seqs = Vec::with_capacity(chunk.len());
@@ -111,27 +148,40 @@ impl Conntrack {
                     &e.delete_attrs,
                 ));
             }
+            let first = chunk.first().map(|e| e.src.to_string()).unwrap_or_default();
             let errors = self
                 .sock
                 .batch(&out, &seqs)
-                .map_err(|e| context(format!("deleting conntrack entries of {addr}"), e))?;
+                .map_err(|e| context(format!("deleting conntrack entries of {first}"), e))?;
             if let Some(errno) = errors.values().find(|e| **e != libc::ENOENT) {
                 return Err(context(
-                    format!("deleting conntrack entries of {addr} ({deleted} deleted so far)"),
+                    format!("deleting conntrack entries of {first}"),
                     io::Error::from_raw_os_error(*errno),
                 ));
             }
-            deleted += chunk.len() - errors.len();
+            for (e, seq) in chunk.iter().zip(&seqs) {
+                if !errors.contains_key(seq) {
+                    *deleted.entry(e.src).or_insert(0) += 1;
+                }
+            }
         }
-        Ok(deleted)
+        Ok(())
     }
 
-    /// The entries whose original source is `addr`; `None` when the kernel has no
-    /// ctnetlink (so no conntrack to clean up).
-    fn entries_from(&mut self, addr: IpAddr) -> Result<Option<Vec<Entry>>, NftError> {
-        let what = || format!("listing conntrack entries of {addr}");
-        if addr.is_ipv4() {
-            match self.dump(addr, true) {
+    /// The entries whose original source is one of `addrs` (all of one family);
+    /// `None` when the kernel has no ctnetlink (so no conntrack to clean up).
+    fn entries_from(&mut self, addrs: &BTreeSet<IpAddr>) -> Result<Option<Vec<Entry>>, NftError> {
+        let Some(first) = addrs.first().copied() else {
+            return Ok(Some(Vec::new()));
+        };
+        let what = || {
+            format!(
+                "listing conntrack entries of {first} and {} more",
+                addrs.len() - 1
+            )
+        };
+        if first.is_ipv4() && addrs.len() == 1 {
+            match self.dump(first, Some(first), addrs) {
                 Ok(entries) => return Ok(Some(entries)),
                 // The kernel refuses the filter, or has no ctnetlink at all: the
                 // plain dump tells which.
@@ -139,27 +189,28 @@ impl Conntrack {
                 Err(e) => return Err(context(what(), e)),
             }
         }
-        match self.dump(addr, false) {
+        match self.dump(first, None, addrs) {
             Ok(entries) => Ok(Some(entries)),
             Err(e) if no_ctnetlink(&e) => Ok(None),
             Err(e) => Err(context(what(), e)),
         }
     }
 
-    /// One IPCTNL_MSG_CT_GET dump of `addr`'s family, kept to entries from `addr`;
+    /// One IPCTNL_MSG_CT_GET dump of `like`'s family, kept to entries from `addrs`;
     /// `kernel_filter` (IPv4 only: see the module notes) lets the kernel pre-select.
-    fn dump(&mut self, addr: IpAddr, kernel_filter: bool) -> io::Result<Vec<Entry>> {
+    fn dump(
+        &mut self,
+        like: IpAddr,
+        kernel_filter: Option<IpAddr>,
+        addrs: &BTreeSet<IpAddr>,
+    ) -> io::Result<Vec<Entry>> {
         let seq = self.next_seq();
-        let attrs = if kernel_filter {
-            source_filter(addr)
-        } else {
-            Vec::new()
-        };
+        let attrs = kernel_filter.map(source_filter).unwrap_or_default();
         let request = message(
             IPCTNL_MSG_CT_GET,
             libc::NLM_F_DUMP as u16,
             seq,
-            family_of(addr),
+            family_of(like),
             &attrs,
         );
         // Both closures need the list: a dump the kernel marks interrupted starts over.
@@ -168,7 +219,7 @@ impl Conntrack {
             &request,
             seq,
             |m| {
-                if let Some(e) = parse_entry(m).filter(|e| e.src == addr) {
+                if let Some(e) = parse_entry(m).filter(|e| addrs.contains(&e.src)) {
                     found.borrow_mut().push(e);
                 }
             },
