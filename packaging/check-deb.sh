@@ -28,7 +28,8 @@ fail() {
 # 1. Tools.
 export PATH="$HOME/.cargo/bin:$PATH"
 if ! cargo deb --version >/dev/null 2>&1; then
-    cargo install cargo-deb --locked
+    # Pinned: the version this package's metadata was written and checked against.
+    cargo install cargo-deb --version 3.8.0 --locked
 fi
 if ! command -v lintian >/dev/null 2>&1; then
     [ "$(id -u)" = 0 ] || fail "lintian is missing: apt-get install lintian"
