@@ -53,6 +53,7 @@ for path in \
     /etc/vpnfw/config.toml \
     /usr/share/doc/vpnfw/README.md \
     /usr/share/doc/vpnfw/install.md \
+    /usr/share/doc/vpnfw/metrics.conf.example \
     /usr/share/doc/vpnfw/copyright \
     /usr/share/doc/vpnfw/changelog.Debian.gz \
     /usr/share/doc/vpnfw/nft/vpnfw-sets.nft \

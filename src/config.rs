@@ -50,6 +50,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub conntrack: ConntrackConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     #[serde(default, rename = "profile")]
     pub profiles: Vec<ProfileConfig>,
 }
@@ -66,6 +68,27 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         ConntrackConfig {
             flush_on_disconnect: true,
+        }
+    }
+}
+
+/// The Prometheus endpoint. Unset: off.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `address:port` to serve `GET /metrics` on, e.g. "127.0.0.1:9796".
+    pub listen: Option<String>,
+}
+
+impl MetricsConfig {
+    pub fn listen(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        match &self.listen {
+            None => Ok(None),
+            Some(text) => text.parse().map(Some).map_err(|_| {
+                format!(
+                    "[metrics] listen = {text:?} is not an address:port, e.g. \"127.0.0.1:9796\" or \"[::1]:9796\""
+                )
+            }),
         }
     }
 }
@@ -262,6 +285,7 @@ impl Config {
         self.reconcile
             .interval()
             .map_err(|e| format!("[reconcile] interval = {e}"))?;
+        self.metrics.listen()?;
         let mut ids = HashSet::new();
         let mut sets = HashSet::new();
         for p in &self.profiles {
@@ -345,6 +369,22 @@ mod tests {
         assert!(c.profiles.is_empty());
         assert_eq!(c.reconcile.interval(), Ok(None));
         assert!(c.reconcile.watch);
+    }
+
+    #[test]
+    fn metrics_listen_is_an_address_and_port() {
+        assert_eq!(parse("").expect("default").metrics.listen(), Ok(None));
+        let c = parse("[metrics]\nlisten = \"127.0.0.1:9796\"\n").expect("valid");
+        assert_eq!(
+            c.metrics.listen(),
+            Ok(Some("127.0.0.1:9796".parse().expect("addr")))
+        );
+        for bad in ["localhost:9796", "127.0.0.1", "9796", ""] {
+            let err = parse(&format!("[metrics]\nlisten = {bad:?}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("[metrics] listen"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod event;
+pub mod logging;
+pub mod metrics;
 pub mod nft;
 pub mod paths;
 pub mod portal;

@@ -108,7 +108,7 @@ fn main() -> ExitCode {
             exit::BAD_INPUT
         }
         Some(Command::Serve { config, socket }) => {
-            init_logging();
+            vpnfw::logging::init();
             match daemon::serve(daemon::ServeOptions { config, socket }) {
                 Ok(()) => exit::OK,
                 Err(e) => {
@@ -140,23 +140,6 @@ fn main() -> ExitCode {
 
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VPNFW_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Under systemd, journald stamps each line itself.
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false);
-    if journald {
-        builder.without_time().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// The socket an admin command talks to: flag, then $VPNFW_SOCKET, then the config.

@@ -19,6 +19,7 @@ use nix::sys::signal::{SigSet, Signal};
 use sd_notify::NotifyState;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::{self, Metrics};
 use crate::nft::{Monitor, Nft, NftError};
 use crate::protocol::{self, MAX_REQUEST, Op, Response};
 use crate::store::{Store, StoreError};
@@ -63,6 +64,12 @@ pub enum DaemonError {
     },
     #[error("another vpnfw serve is already listening on {0}")]
     AlreadyRunning(PathBuf),
+    #[error("[metrics] listen = \"{addr}\": cannot listen there: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub struct ServeOptions {
@@ -83,6 +90,22 @@ pub fn serve(opts: ServeOptions) -> Result<(), DaemonError> {
     let store = Store::open(&config.store.path)?;
     let nft = Nft::open()?;
     let mut writer = Writer::new(config.clone(), store, nft, boot_id)?;
+    // Bound now: a port in use fails the start, before anything changed.
+    if let Some(addr) = config
+        .metrics
+        .listen()
+        .map_err(|message| ConfigError::Invalid {
+            path: opts.config.clone(),
+            message,
+        })?
+    {
+        let listener =
+            metrics::bind(addr).map_err(|source| DaemonError::Metrics { addr, source })?;
+        let m = Arc::new(Metrics::new());
+        writer.set_metrics(Arc::clone(&m));
+        metrics::serve(listener, m).map_err(|source| DaemonError::Metrics { addr, source })?;
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
     writer.open_conntrack();
     writer.end_previous_boot()?;
     // Reconcile before accepting events, so the first answer is given on a kernel

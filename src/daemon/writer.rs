@@ -7,12 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::ctflush::CtFlusher;
 use crate::config::Config;
 use crate::event::{Event, EventKind, ProfileId, Proto, UserId};
+use crate::metrics::Metrics;
 use crate::nft::{Conntrack, Family, KeyType, Nft, NftError, SetSpec};
 use crate::portal;
 use crate::protocol::{ReconcileReport, Response, SetSize, StatusReport};
@@ -118,6 +120,8 @@ pub struct Writer {
     /// Addresses that left the sets in this batch: their flows are cut after the
     /// answers went out, so the hook never waits for it.
     removed: Vec<IpAddr>,
+    /// `[metrics] listen`: what the Prometheus endpoint exports.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// New sessions per user and per profile in the batch being prepared, so that a
@@ -147,6 +151,7 @@ impl Writer {
             unsynced: HashSet::new(),
             conntrack: None,
             removed: Vec::new(),
+            metrics: None,
         };
         w.scan_store()?;
         Ok(w)
@@ -177,6 +182,19 @@ impl Writer {
         self.profiles = profiles;
         self.ignored = ignored;
         Ok(())
+    }
+
+    /// Records into `metrics` from now on (`[metrics] listen`).
+    pub fn set_metrics(&mut self, metrics: Arc<Metrics>) {
+        self.metrics = Some(metrics);
+        self.publish_sessions();
+    }
+
+    /// Live sessions per profile, for the metrics endpoint.
+    fn publish_sessions(&self) {
+        if let Some(m) = &self.metrics {
+            m.sessions(self.profiles.iter().map(|(p, n)| (p.as_str(), *n)));
+        }
     }
 
     /// The live sessions as the planner sees them: the store, minus rows that do not
@@ -297,7 +315,9 @@ impl Writer {
                     self.events += 1;
                     match self.prepare(&ev, &mut counts) {
                         Ok(edit) => pending.push((edit, ev, job.reply)),
-                        Err(r) => answer_rejection(&ev, r, &job.reply),
+                        Err(r) => {
+                            answer_rejection(&ev, r, &job.reply, started, self.metrics.as_deref())
+                        }
                     }
                 }
             }
@@ -308,7 +328,7 @@ impl Writer {
             match self.commit(edits) {
                 Ok(changes) => {
                     for ((_, ev, reply), change) in pending.into_iter().zip(changes) {
-                        answer_applied(&ev, &change, &reply, started);
+                        answer_applied(&ev, &change, &reply, started, self.metrics.as_deref());
                     }
                     tracing::debug!(events = n, "batch committed");
                 }
@@ -318,18 +338,34 @@ impl Writer {
                         match self.commit(vec![edit]) {
                             Ok(changes) => {
                                 if let Some(c) = changes.first() {
-                                    answer_applied(&ev, c, &reply, started);
+                                    answer_applied(
+                                        &ev,
+                                        c,
+                                        &reply,
+                                        started,
+                                        self.metrics.as_deref(),
+                                    );
                                 }
                             }
-                            Err(e) => {
-                                answer_rejection(&ev, Rejection::Failed(e.to_string()), &reply)
-                            }
+                            Err(e) => answer_rejection(
+                                &ev,
+                                Rejection::Failed(e.to_string()),
+                                &reply,
+                                started,
+                                self.metrics.as_deref(),
+                            ),
                         }
                     }
                 }
                 Err(e) => {
                     for (_, ev, reply) in pending {
-                        answer_rejection(&ev, Rejection::Failed(e.to_string()), &reply);
+                        answer_rejection(
+                            &ev,
+                            Rejection::Failed(e.to_string()),
+                            &reply,
+                            started,
+                            self.metrics.as_deref(),
+                        );
                     }
                 }
             }
@@ -337,6 +373,7 @@ impl Writer {
         for reply in status {
             let _ = reply.send(self.status());
         }
+        self.publish_sessions();
         self.flush_conntrack();
     }
 
@@ -966,6 +1003,10 @@ impl Writer {
         }
         self.store.add_managed_sets(&usable)?;
         self.ready_sets = usable.into_iter().map(|(s, _)| s).collect();
+        if let Some(m) = &self.metrics {
+            m.reconcile(summary.added, summary.deleted);
+        }
+        self.publish_sessions();
         tracing::info!(
             sets = summary.sets,
             sessions = self.session_count(),
@@ -1172,6 +1213,8 @@ fn restart_only_change(old: &Config, new: &Config) -> Option<&'static str> {
         Some("[store]")
     } else if old.reconcile != new.reconcile {
         Some("[reconcile]")
+    } else if old.metrics != new.metrics {
+        Some("[metrics]")
     } else {
         None
     }
@@ -1220,7 +1263,16 @@ fn event_name(ev: &Event) -> &'static str {
     }
 }
 
-fn answer_applied(ev: &Event, change: &Change, reply: &SyncSender<Response>, started: Instant) {
+fn answer_applied(
+    ev: &Event,
+    change: &Change,
+    reply: &SyncSender<Response>,
+    started: Instant,
+    metrics: Option<&Metrics>,
+) {
+    if let Some(m) = metrics {
+        m.event(event_name(ev), "applied", started.elapsed());
+    }
     let detail = match change {
         Change::Inserted(_) => "session started",
         Change::Replaced(_) => "session updated with new addresses",
@@ -1249,14 +1301,28 @@ fn answer_applied(ev: &Event, change: &Change, reply: &SyncSender<Response>, sta
     });
 }
 
-fn answer_rejection(ev: &Event, r: Rejection, reply: &SyncSender<Response>) {
+fn answer_rejection(
+    ev: &Event,
+    r: Rejection,
+    reply: &SyncSender<Response>,
+    started: Instant,
+    metrics: Option<&Metrics>,
+) {
+    let us = started.elapsed().as_micros() as u64;
+    if let Some(m) = metrics {
+        let result = match r {
+            Rejection::Refused(_) => "refused",
+            Rejection::Failed(_) => "failed",
+        };
+        m.event(event_name(ev), result, started.elapsed());
+    }
     let resp = match r {
         Rejection::Refused(reason) => {
-            tracing::warn!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, reason = %reason, "event refused");
+            tracing::warn!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, v4 = ?ev.ip4, v6 = ?ev.ip6, result = "refused", reason = %reason, us, "event refused");
             Response::Refused { reason }
         }
         Rejection::Failed(reason) => {
-            tracing::error!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, reason = %reason, "event failed");
+            tracing::error!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, v4 = ?ev.ip4, v6 = ?ev.ip6, result = "failed", reason = %reason, us, "event failed");
             Response::Failed { reason }
         }
     };
