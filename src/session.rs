@@ -1,4 +1,5 @@
-//! Live sessions keyed by (profile, connection id), and reference-counted addresses.
+//! Sessions keyed by (profile, connection id), and how a batch of events turns into
+//! store writes and kernel changes (a plan), played over a view of the live sessions.
 //!
 //! An address goes back to the portal's pool and may be handed to a new session while
 //! a late disconnect of the old one is still on its way (DESIGN.md §2). So an element
@@ -87,7 +88,7 @@ pub fn comment_from(user: &str, conn: &str) -> String {
     c
 }
 
-/// What one event did to the ledger; kept so a failed batch can be undone.
+/// What one event did to the live sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     /// A new session.
@@ -102,7 +103,7 @@ pub enum Change {
     Unknown(SessionKey),
 }
 
-/// One requested change to the ledger.
+/// One requested change to the live sessions.
 #[derive(Debug, Clone)]
 pub enum Edit {
     Connect(Session),

@@ -1,6 +1,6 @@
-//! The single writer: owns the netlink socket, the store and the ledger.
+//! The single writer: owns the netlink socket and the store (the only copy of the sessions).
 //!
-//! Requests that arrive together are applied as one ledger update, one store
+//! Requests that arrive together are applied as one plan, one store
 //! transaction and one netlink batch; each is answered only after both committed.
 //! If a coalesced batch fails, every request is retried on its own so one bad
 //! request cannot fail its neighbours.
