@@ -3,7 +3,8 @@
 # Skips apt entirely when everything is already there. Needs root.
 set -eu
 need=""
-for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps python3 iputils-ping; do
+# systemd (systemd-analyze, systemctl) and lintian: packaging/check-deb.sh.
+for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps python3 iputils-ping systemd lintian; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
