@@ -264,10 +264,14 @@ fn status(json: bool, socket: Option<PathBuf>, config: &Path) -> i32 {
     }
     println!();
     if report.sessions_total > report.sessions.len() {
+        let store = Config::load(config)
+            .map(|c| c.store.path)
+            .unwrap_or_else(|_| PathBuf::from(config::DEFAULT_STORE));
         println!(
-            "{} live sessions (the first {} shown; all are in the store: sqlite3 /var/lib/vpnfw/state.db 'select * from sessions')",
+            "{} live sessions (the first {} shown; all: sqlite3 {} 'select * from sessions')",
             report.sessions_total,
-            report.sessions.len()
+            report.sessions.len(),
+            store.display()
         );
     } else {
         println!("{} live sessions", report.sessions_total);

@@ -576,6 +576,29 @@ fn reconcile_10k_sessions_in_bounded_batches() {
     // In atomic batches of at most 8192 elements (RECONCILE_CHUNK in
     // src/daemon/writer.rs), which bounds the daemon's memory: 20,002 elements, 3 batches.
     assert_eq!(d.status()["netlink_batches"], 3, "{}", d.log());
+    // status lists the first 1000 sessions and counts all of them.
+    let st = d.status();
+    assert_eq!(st["sessions"].as_array().map(|a| a.len()), Some(1000));
+    assert_eq!(st["sessions_total"], 10_001);
+    assert_eq!(
+        st["sessions"][0]["conn_id"], "c-live",
+        "in (profile, conn_id) order"
+    );
+    let text = run_ok(
+        std::process::Command::new(BIN)
+            .args(["status", "--socket"])
+            .arg(d.socket())
+            .arg("--config")
+            .arg(d.config_path()),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!(
+            "10001 live sessions (the first 1000 shown; all: sqlite3 {} 'select * from sessions')",
+            d.store().display()
+        )),
+        "{text}"
+    );
 }
 
 #[test]
