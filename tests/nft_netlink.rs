@@ -279,18 +279,17 @@ fn a_failing_batch_changes_nothing() {
             },
         )
         .expect("add");
-        // The kernel refuses the whole batch when one message fails: a set of the
-        // same name exists only in our cache, so the plan reaches the kernel.
-        nft(&["delete", "set", "inet", T, "staff_v6"]);
+        // The kernel refuses the whole batch when one message fails: here an IPv6
+        // key sent to an IPv4 set, after a delete and an add that are fine.
         let plan = Plan {
-            adds: vec![add("staff_v4", "10.0.0.2"), add("staff_v6", "fd00::2")],
+            adds: vec![add("staff_v4", "10.0.0.2"), add("staff_v6", "10.0.0.3")],
             dels: vec![del("staff_v4", "10.0.0.1")],
         };
-        let err = n.apply(T, &plan).expect_err("staff_v6 is gone");
+        let err = n.apply(T, &plan).expect_err("an IPv4 key in an IPv6 set");
         match &err {
             NftError::Kernel { what, source } => {
-                assert_eq!(what, "add fd00::2 to set staff_v6");
-                assert_eq!(source.raw_os_error(), Some(libc::ENOENT), "{err}");
+                assert_eq!(what, "add 10.0.0.3 to set staff_v6");
+                assert_eq!(source.raw_os_error(), Some(libc::EINVAL), "{err}");
             }
             other => panic!("expected the kernel's refusal, got {other:?}"),
         }
@@ -644,5 +643,95 @@ fn an_address_inside_an_admin_range_is_named() {
             strs(&["192.168.0.0/24"]),
             "nothing applied"
         );
+    });
+}
+
+/// An admin re-creates a set as an interval set while vpnfw runs. vpnfw had learnt
+/// it as a hash set; writing a lone start element into the interval set would open
+/// every address above it. The batch carries the generation vpnfw's facts are from,
+/// the kernel refuses it, and vpnfw reads the set again and writes a start/end pair.
+#[test]
+fn a_set_recreated_as_interval_is_read_again_before_writing() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.1")],
+                dels: vec![],
+            },
+        )
+        .expect("add to the hash set");
+        nft(&["delete", "set", "inet", T, "staff_v4"]);
+        nft(&[
+            "add",
+            "set",
+            "inet",
+            T,
+            "staff_v4",
+            "{ type ipv4_addr; flags interval; }",
+        ]);
+        let before = n.batches();
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.2")],
+                dels: vec![],
+            },
+        )
+        .expect("add to the interval set");
+        assert_eq!(
+            cli_elements("staff_v4"),
+            strs(&["10.0.0.2"]),
+            "one address, not a range to the end of the address space"
+        );
+        assert_eq!(
+            n.batches() - before,
+            2,
+            "the first batch was refused for its stale generation, the second applied"
+        );
+        // In a steady state the generation is tracked without asking: one batch.
+        let before = n.batches();
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.7")],
+                dels: vec![del("staff_v4", "10.0.0.2")],
+            },
+        )
+        .expect("steady state");
+        assert_eq!(n.batches() - before, 1);
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.7"]));
+    });
+}
+
+/// A set deleted by hand after vpnfw learnt it: the batch's stale generation makes
+/// vpnfw look again, and the plan fails naming the set, with nothing applied.
+#[test]
+fn a_set_deleted_under_vpnfw_is_named_and_nothing_applies() {
+    in_netns(|| {
+        let mut n = Nft::open().expect("open");
+        staff_sets(&mut n);
+        n.apply(
+            T,
+            &Plan {
+                adds: vec![add("staff_v4", "10.0.0.1"), add("staff_v6", "fd00::1")],
+                dels: vec![],
+            },
+        )
+        .expect("add");
+        nft(&["delete", "set", "inet", T, "staff_v6"]);
+        let plan = Plan {
+            adds: vec![add("staff_v4", "10.0.0.2"), add("staff_v6", "fd00::2")],
+            dels: vec![del("staff_v4", "10.0.0.1")],
+        };
+        match n.apply(T, &plan) {
+            Err(NftError::SetMissing { table, set }) => {
+                assert_eq!((table.as_str(), set.as_str()), (T, "staff_v6"));
+            }
+            other => panic!("expected SetMissing for staff_v6, got {other:?}"),
+        }
+        assert_eq!(cli_elements("staff_v4"), strs(&["10.0.0.1"]));
     });
 }

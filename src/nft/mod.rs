@@ -135,6 +135,13 @@ pub struct Nft {
     delete: DeleteMsg,
     /// Set facts learnt from the kernel, per (table, set): interval or not.
     sets: HashMap<(String, String), SetInfo>,
+    /// The ruleset generation the set facts are known to hold at. Every batch carries
+    /// it (NFNL_BATCH_GENID): if anyone changed the ruleset since, the kernel refuses
+    /// the batch (ERESTART) and vpnfw reads the sets again before retrying, so an
+    /// element is never written with stale facts (a lone start element in a set that
+    /// became an interval set would open everything above the address). `None`:
+    /// unknown, read it before the next batch.
+    genid: Option<u32>,
     /// Netlink batches sent (benchmarks and tests read it).
     batches: u64,
 }
@@ -187,6 +194,7 @@ impl Nft {
                 .unwrap_or(1),
             delete: DeleteMsg::Delete,
             sets: HashMap::new(),
+            genid: None,
             batches: 0,
         };
         if nft.kernel_knows(msg::NFT_MSG_DESTROYSETELEM as u16) {
@@ -235,6 +243,34 @@ impl Nft {
     fn next_seq(&mut self) -> u32 {
         self.seq = self.seq.wrapping_add(1);
         self.seq
+    }
+
+    /// The generation to send the next batch at. When unknown, it is read first and
+    /// the set facts are forgotten, so they are read again at (or after) it.
+    fn generation(&mut self) -> Result<u32, NftError> {
+        if let Some(g) = self.genid {
+            return Ok(g);
+        }
+        let seq = self.next_seq();
+        let mut genid = None;
+        self.sock
+            .request(&msg::get_gen(seq), seq, |m| {
+                genid = genid.or(msg::parse_gen(m));
+            })
+            .map_err(NftError::Recv)?;
+        let g = genid.ok_or_else(|| NftError::Parse("NEWGEN without a generation id".into()))?;
+        self.sets.clear();
+        self.genid = Some(g);
+        Ok(g)
+    }
+
+    /// After a batch sent at `genid`: committed, the generation is the next one (the
+    /// kernel checked `genid` under its commit lock); anything else, unknown.
+    fn after_batch(&mut self, genid: u32, committed: bool) {
+        self.genid = committed.then(|| match genid.wrapping_add(1) {
+            0 => 1,
+            g => g,
+        });
     }
 
     /// Lists the sets of `inet <table>`. `Ok(None)` when the table does not exist.
@@ -287,11 +323,22 @@ impl Nft {
     /// Creates `inet <table>` and the given sets when missing, in one batch.
     /// Existing objects are left as they are (no NLM_F_EXCL), so this is idempotent.
     pub fn create(&mut self, table: &str, sets: &[SetSpec]) -> Result<(), NftError> {
+        for _ in 0..GENID_TRIES {
+            match self.create_at(table, sets) {
+                Err(e) if is_genid_restart(&e) => continue,
+                other => return other,
+            }
+        }
+        Err(ruleset_kept_changing())
+    }
+
+    fn create_at(&mut self, table: &str, sets: &[SetSpec]) -> Result<(), NftError> {
         let ctable = cname(table)?;
+        let genid = self.generation()?;
         let mut out = Vec::new();
         let mut steps = Vec::new();
         let begin = self.next_seq();
-        msg::batch_begin(&mut self.scratch, &mut out, begin);
+        msg::batch_begin_at(&mut self.scratch, &mut out, begin, genid);
         let seq = self.next_seq();
         if !msg::new_table(&mut self.scratch, &mut out, seq, &ctable) {
             return Err(NftError::Parse("cannot allocate a table message".into()));
@@ -331,7 +378,9 @@ impl Nft {
         }
         let end = self.next_seq();
         msg::batch_end(&mut self.scratch, &mut out, end);
-        self.send_batch(&out, &steps).map_err(|(e, _)| e)?;
+        let sent = self.send_batch(&out, &steps);
+        self.after_batch(genid, sent.is_ok());
+        sent.map_err(|(e, _)| e)?;
         // Cache only what the kernel confirms: the next lookup re-reads sets that
         // already existed (they may be interval sets).
         for spec in sets {
@@ -480,6 +529,17 @@ impl Nft {
         if plan.is_empty() {
             return Ok(());
         }
+        for _ in 0..GENID_TRIES {
+            match self.apply_current(table, plan) {
+                Err(e) if is_genid_restart(&e) => continue,
+                other => return other,
+            }
+        }
+        Err(ruleset_kept_changing())
+    }
+
+    /// [`Nft::apply`] at the current generation.
+    fn apply_current(&mut self, table: &str, plan: &Plan) -> Result<(), NftError> {
         match self.apply_once(table, plan) {
             Ok(()) => Ok(()),
             Err((_, true)) if self.delete == DeleteMsg::Delete => {
@@ -523,6 +583,8 @@ impl Nft {
 
     fn apply_once(&mut self, table: &str, plan: &Plan) -> Result<(), (NftError, bool)> {
         let ctable = cname(table).map_err(|e| (e, false))?;
+        // First: the set facts below must be read at (or after) this generation.
+        let genid = self.generation().map_err(|e| (e, false))?;
         // Group per set, deletes before adds.
         let mut dels: BTreeMap<&str, Vec<IpAddr>> = BTreeMap::new();
         for d in &plan.dels {
@@ -552,7 +614,7 @@ impl Nft {
         let mut out = Vec::with_capacity(64 * (plan.adds.len() + plan.dels.len()) + 64);
         let mut steps = Vec::new();
         let begin = self.next_seq();
-        msg::batch_begin(&mut self.scratch, &mut out, begin);
+        msg::batch_begin_at(&mut self.scratch, &mut out, begin, genid);
         for (set, addrs) in &dels {
             let elems = wire_elems(addrs.iter().map(|a| (*a, None, None)), interval[*set]);
             self.push_elems(
@@ -585,6 +647,7 @@ impl Nft {
         let end = self.next_seq();
         msg::batch_end(&mut self.scratch, &mut out, end);
         let result = self.send_batch(&out, &steps);
+        self.after_batch(genid, result.is_ok());
         if result.is_err() {
             // A set may have vanished under us: look again next time.
             self.sets.retain(|(t, _), _| t != table);
@@ -640,6 +703,21 @@ impl Nft {
             });
         }
         Ok(())
+    }
+}
+
+/// Batches refused because the ruleset changed since vpnfw read it, before giving up.
+const GENID_TRIES: usize = 5;
+
+/// The kernel refused a batch sent at an outdated generation (nothing was applied).
+fn is_genid_restart(e: &NftError) -> bool {
+    matches!(e, NftError::Kernel { source, .. } if source.raw_os_error() == Some(libc::ERESTART))
+}
+
+fn ruleset_kept_changing() -> NftError {
+    NftError::Kernel {
+        what: "the batch: the ruleset kept changing while vpnfw applied it".into(),
+        source: io::Error::from_raw_os_error(libc::ERESTART),
     }
 }
 

@@ -236,6 +236,57 @@ pub fn batch_begin(scratch: &mut Scratch, out: &mut Vec<u8>, seq: u32) {
     scratch.append_to(nlh, out);
 }
 
+/// NFNL_MSG_BATCH_BEGIN carrying NFNL_BATCH_GENID: the kernel runs the batch only if
+/// the ruleset generation is still `genid` (else ERESTART, nothing applied).
+pub fn batch_begin_at(scratch: &mut Scratch, out: &mut Vec<u8>, seq: u32, genid: u32) {
+    let start = out.len();
+    batch_begin(scratch, out, seq);
+    // struct nlattr { u16 nla_len; u16 nla_type; } + a big-endian u32 payload.
+    out.extend_from_slice(&8u16.to_ne_bytes());
+    out.extend_from_slice(&NFNL_BATCH_GENID.to_ne_bytes());
+    out.extend_from_slice(&genid.to_be_bytes());
+    if let Some(len) = out.get_mut(start..start + 4) {
+        let new = u32::from_ne_bytes([len[0], len[1], len[2], len[3]]) + 8;
+        len.copy_from_slice(&new.to_ne_bytes());
+    }
+}
+
+/// NFT_MSG_GETGEN: asks for the ruleset generation (answered by one NEWGEN).
+pub fn get_gen(seq: u32) -> Vec<u8> {
+    let mut m = Vec::with_capacity(20);
+    m.extend_from_slice(&20u32.to_ne_bytes());
+    m.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
+    m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    // struct nfgenmsg: family AF_UNSPEC, version 0, res_id 0.
+    m.extend_from_slice(&[0, 0, 0, 0]);
+    m
+}
+
+/// The NFTA_GEN_ID of a NEWGEN message.
+pub fn parse_gen(msg: &[u8]) -> Option<u32> {
+    let mut rest = msg.get(NLMSG_HDRLEN + 4..)?;
+    while rest.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([rest[0], rest[1]]));
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        if ty == NFTA_GEN_ID && len == 8 {
+            return Some(u32::from_be_bytes([rest[4], rest[5], rest[6], rest[7]]));
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    None
+}
+
+const NLMSG_HDRLEN: usize = 16;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
+const NFNL_BATCH_GENID: u16 = 1;
+
 pub fn batch_end(scratch: &mut Scratch, out: &mut Vec<u8>, seq: u32) {
     // SAFETY: the scratch buffer is far larger than a batch header.
     let nlh = unsafe { sys::nftnl_batch_end(scratch.as_mut_ptr(), seq) };
@@ -498,6 +549,40 @@ pub unsafe fn parse_elems(nlh: *const libc::nlmsghdr, out: &mut Vec<RawElem>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gen_request_and_reply() {
+        let req = get_gen(7);
+        assert_eq!(req.len(), 20);
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), (10 << 8) | 16);
+        // A NEWGEN reply: header, nfgenmsg, NFTA_GEN_ID = 0x01020304, a PID attr.
+        let mut reply = vec![0u8; 20];
+        reply.extend_from_slice(&8u16.to_ne_bytes());
+        reply.extend_from_slice(&1u16.to_ne_bytes());
+        reply.extend_from_slice(&[1, 2, 3, 4]);
+        reply.extend_from_slice(&8u16.to_ne_bytes());
+        reply.extend_from_slice(&2u16.to_ne_bytes());
+        reply.extend_from_slice(&[0, 0, 0, 9]);
+        assert_eq!(parse_gen(&reply), Some(0x0102_0304));
+        assert_eq!(parse_gen(&reply[..22]), None, "truncated attribute");
+        assert_eq!(parse_gen(&reply[..16]), None, "no payload");
+    }
+
+    #[test]
+    fn batch_begin_carries_the_generation() {
+        let mut scratch = Scratch::new();
+        let mut out = vec![9u8; 3];
+        batch_begin_at(&mut scratch, &mut out, 5, 0xdead_beef);
+        let m = &out[3..];
+        assert_eq!(
+            u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
+            m.len()
+        );
+        assert_eq!(m.len(), 28);
+        assert_eq!(&m[20..22], &8u16.to_ne_bytes()[..]);
+        assert_eq!(&m[22..24], &1u16.to_ne_bytes()[..]);
+        assert_eq!(&m[24..28], &0xdead_beefu32.to_be_bytes()[..]);
+    }
 
     #[test]
     fn comment_tlv_is_bounded_and_terminated() {

@@ -312,6 +312,38 @@ impl NlSocket {
         Ok(errors)
     }
 
+    /// Sends one request (with NLM_F_ACK) and hands every reply message with its
+    /// sequence number to `on_msg`, until the kernel's acknowledgement.
+    pub fn request(
+        &mut self,
+        bytes: &[u8],
+        seq: u32,
+        mut on_msg: impl FnMut(&[u8]),
+    ) -> io::Result<()> {
+        while self.recv(false)?.is_some() {}
+        self.send(bytes)?;
+        loop {
+            let Some(msgs) = self.recv(true)? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no reply to a netlink request",
+                ));
+            };
+            for m in msgs {
+                if m.seq != seq {
+                    continue;
+                }
+                if m.ty == NLMSG_ERROR {
+                    return match self.errno_of(&m) {
+                        0 => Ok(()),
+                        errno => Err(io::Error::from_raw_os_error(errno)),
+                    };
+                }
+                on_msg(self.msg_bytes(&m));
+            }
+        }
+    }
+
     /// Runs a dump and hands every reply message (complete, and aligned for
     /// `nlmsghdr`) to `on_msg`. A dump the kernel marks
     /// interrupted (the ruleset changed under it) is run again, up to three times.
