@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -34,6 +34,8 @@ use prometheus_client::registry::Registry;
 
 /// Longest request head read; a scrape request is a few hundred bytes.
 const MAX_REQUEST: usize = 8192;
+/// The whole request head must arrive within this time (not each read: one thread
+/// serves every scrape, and a client sending a byte at a time must not hold it).
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -187,11 +189,19 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
 }
 
 fn answer(mut stream: TcpStream, metrics: &Metrics) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let deadline = Instant::now() + IO_TIMEOUT;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && !head.windows(2).any(|w| w == b"\n\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no complete request head within the timeout",
+            ));
+        }
+        stream.set_read_timeout(Some(left))?;
         let n = stream.read(&mut buf)?;
         if n == 0 {
             break;
@@ -333,5 +343,38 @@ mod tests {
             &format!("GET /metrics HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(10_000)),
         );
         assert!(big.starts_with("HTTP/1.1 431 "), "{big}");
+    }
+
+    /// One scrape thread serves every client in turn: a client that sends its request
+    /// a byte at a time (each read well within the timeout) must lose the thread once
+    /// the whole request has taken longer than IO_TIMEOUT, not hold it for as long as
+    /// it keeps trickling.
+    #[test]
+    fn a_trickling_client_cannot_hold_the_endpoint() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        serve(listener, Arc::new(Metrics::new())).expect("serve");
+        let mut slow = TcpStream::connect(addr).expect("connect");
+        slow.write_all(b"GET /metrics HTTP/1.1\r\n").expect("write");
+        // 6 s of one byte every 200 ms, unless the server hangs up first.
+        let trickle = std::thread::spawn(move || {
+            for _ in 0..30 {
+                std::thread::sleep(Duration::from_millis(200));
+                if slow.write_all(b"X").is_err() {
+                    return;
+                }
+            }
+        });
+        // Let the server take the slow client first.
+        std::thread::sleep(Duration::from_millis(100));
+        let started = std::time::Instant::now();
+        let ok = get(addr, "GET /metrics HTTP/1.1\r\n\r\n");
+        let waited = started.elapsed();
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(
+            waited < IO_TIMEOUT + Duration::from_millis(800),
+            "a scrape waited {waited:?} behind a trickling client"
+        );
+        trickle.join().expect("trickle thread");
     }
 }
