@@ -162,3 +162,60 @@ fn metrics_port_in_use_fails_the_start_with_the_key_named() {
         "nothing started: no socket"
     );
 }
+
+#[test]
+fn startup_reconcile_is_not_counted_as_drift() {
+    let mut d = Daemon::start(&format!("{STAFF}{METRICS}[reconcile]\nwatch = false\n"));
+    assert_eq!(
+        d.hook(&connect_vars("staff", "c1", "10.10.0.5", "fd10::5"))
+            .code,
+        0
+    );
+    // While the daemon is down (a crash, or a reboot that emptied the sets) the
+    // element goes; the startup reconcile puts it back.
+    d.kill();
+    d.ns.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "vpnfw",
+        "staff_v4",
+        "{ 10.10.0.5 }",
+    ]);
+    d.restart();
+    assert_eq!(d.elements("staff_v4"), Some(ips(&["10.10.0.5"])));
+    let page = get(&d, "/metrics");
+    let v = |s: &str| value(&page, s);
+    assert_eq!(v(r#"vpnfw_sessions{profile="staff"}"#), Some(1.0), "{page}");
+    assert_eq!(v("vpnfw_reconcile_runs_total"), Some(1.0), "{page}");
+    assert_eq!(
+        v("vpnfw_reconcile_elements_added_total"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        v("vpnfw_drift_repairs_total"),
+        Some(0.0),
+        "catching up at startup is not drift: {page}"
+    );
+    // The same loss while it runs is drift.
+    d.ns.nft(&[
+        "delete",
+        "element",
+        "inet",
+        "vpnfw",
+        "staff_v6",
+        "{ fd10::5 }",
+    ]);
+    run_ok(
+        std::process::Command::new(BIN)
+            .args(["reconcile", "--socket"])
+            .arg(d.socket()),
+    );
+    let page = get(&d, "/metrics");
+    assert_eq!(
+        value(&page, "vpnfw_drift_repairs_total"),
+        Some(1.0),
+        "{page}"
+    );
+}
