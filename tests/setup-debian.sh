@@ -3,8 +3,10 @@
 # Skips apt entirely when everything is already there. Needs root.
 set -eu
 need=""
-# systemd (systemd-analyze, systemctl) and lintian: packaging/check-deb.sh.
-for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps python3 iputils-ping systemd lintian; do
+# systemd (systemd-analyze, systemctl), lintian and dpkg-dev (dpkg-shlibdeps, which
+# cargo-deb runs to fill in Depends: $auto): packaging/check-deb.sh. cargo-deb itself
+# is installed by check-deb.sh, pinned, and only when missing.
+for pkg in pkg-config libnftnl-dev libmnl-dev nftables iproute2 sqlite3 util-linux procps python3 iputils-ping systemd lintian dpkg-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need="$need $pkg"
 done
 if [ -n "$need" ]; then
