@@ -99,8 +99,9 @@ sleep 0.2
         "PROFILE=staff",
         "CONN_ID=c1",
         "USER=alice@example.org",
-        "V4=Some(10.10.0.5)",
-        "V6=Some(fd10::5)",
+        // Plain addresses, so that `journalctl V4=10.10.0.5` finds them.
+        "V4=10.10.0.5",
+        "V6=fd10::5",
         "RESULT=session started",
         "SYSLOG_IDENTIFIER=vpnfw",
         "PRIORITY=5",
@@ -118,9 +119,21 @@ sleep 0.2
         .iter()
         .find(|e| e.contains("MESSAGE=event refused"))
         .unwrap_or_else(|| panic!("no 'event refused' entry:\n{journal}"));
+    for field in ["CONN_ID=c2", "PRIORITY=4", "V4=192.0.2.1", "RESULT=refused"] {
+        assert!(
+            refused.lines().any(|l| l == field),
+            "{field} missing from:\n{refused}"
+        );
+    }
+    for prefix in ["US=", "REASON=VPN_IP_FOUR 192.0.2.1 is outside"] {
+        assert!(
+            refused.lines().any(|l| l.starts_with(prefix)),
+            "no {prefix}… in:\n{refused}"
+        );
+    }
     assert!(
-        refused.lines().any(|l| l == "CONN_ID=c2") && refused.lines().any(|l| l == "PRIORITY=4"),
-        "{refused}"
+        !refused.lines().any(|l| l.starts_with("V6=")),
+        "an event without IPv6 has no V6 field:\n{refused}"
     );
     assert!(
         !stderr.contains("event applied"),
