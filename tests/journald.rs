@@ -125,7 +125,12 @@ sleep 0.2
             "{field} missing from:\n{refused}"
         );
     }
-    for prefix in ["US=", "REASON=VPN_IP_FOUR 192.0.2.1 is outside"] {
+    for prefix in [
+        "US=",
+        "REASON=VPN_IP_FOUR 192.0.2.1 is outside",
+        // The plain `journalctl -u vpnfw` view shows only the message: it has the reason.
+        "MESSAGE=event refused: VPN_IP_FOUR 192.0.2.1 is outside",
+    ] {
         assert!(
             refused.lines().any(|l| l.starts_with(prefix)),
             "no {prefix}… in:\n{refused}"

@@ -1318,11 +1318,11 @@ fn answer_rejection(
     }
     let resp = match r {
         Rejection::Refused(reason) => {
-            tracing::warn!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, v4 = ev.ip4.map(tracing::field::display), v6 = ev.ip6.map(tracing::field::display), result = "refused", reason = %reason, us, "event refused");
+            tracing::warn!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, v4 = ev.ip4.map(tracing::field::display), v6 = ev.ip6.map(tracing::field::display), result = "refused", reason = %reason, us, "event refused: {reason}");
             Response::Refused { reason }
         }
         Rejection::Failed(reason) => {
-            tracing::error!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, v4 = ev.ip4.map(tracing::field::display), v6 = ev.ip6.map(tracing::field::display), result = "failed", reason = %reason, us, "event failed");
+            tracing::error!(event = event_name(ev), profile = %ev.profile, conn_id = %ev.conn_id, user = %ev.user_id, v4 = ev.ip4.map(tracing::field::display), v6 = ev.ip6.map(tracing::field::display), result = "failed", reason = %reason, us, "event failed: {reason}");
             Response::Failed { reason }
         }
     };
