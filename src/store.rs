@@ -252,7 +252,7 @@ impl Store {
             let Ok(addr) = text(1)?.parse::<IpAddr>() else {
                 continue;
             };
-            if family_of(addr) != family {
+            if Family::of(addr) != family {
                 continue;
             }
             f(Holding {
@@ -396,13 +396,6 @@ pub struct Holding<'r> {
     pub profile: &'r str,
     pub conn_id: &'r str,
     pub user_id: &'r str,
-}
-
-fn family_of(addr: IpAddr) -> Family {
-    match addr {
-        IpAddr::V4(_) => Family::V4,
-        IpAddr::V6(_) => Family::V6,
-    }
 }
 
 struct RawRow {

@@ -37,13 +37,6 @@ fn is_dispatch_map(set: &str) -> bool {
     set == DISPATCH_V4 || set == DISPATCH_V6
 }
 
-fn family_of(addr: IpAddr) -> Family {
-    match addr {
-        IpAddr::V4(_) => Family::V4,
-        IpAddr::V6(_) => Family::V6,
-    }
-}
-
 /// Elements a reconcile report lists (the summary always has the full counts).
 const REPORT_LIST: usize = 1000;
 
@@ -740,7 +733,7 @@ impl Writer {
         for a in &plan.adds {
             if let Some(profile) = profile_of_set(&self.config, &a.set) {
                 out.adds.push(ElemAdd {
-                    set: dispatch_map(family_of(a.addr)).to_string(),
+                    set: dispatch_map(Family::of(a.addr)).to_string(),
                     addr: a.addr,
                     comment: a.comment.clone(),
                     jump: Some(profile),
@@ -749,7 +742,7 @@ impl Writer {
         }
         for d in &plan.dels {
             out.dels.push(ElemRef {
-                set: dispatch_map(family_of(d.addr)).to_string(),
+                set: dispatch_map(Family::of(d.addr)).to_string(),
                 addr: d.addr,
             });
         }
@@ -955,7 +948,7 @@ impl Writer {
             for s in overlay.values().flatten() {
                 for e in s.elems() {
                     let (set, jump) = if dispatch {
-                        if family_of(e.addr) != *family {
+                        if Family::of(e.addr) != *family {
                             continue;
                         }
                         match profile_of_set(config, &e.set) {

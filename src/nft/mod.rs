@@ -33,6 +33,14 @@ pub enum Family {
 }
 
 impl Family {
+    /// The family of an address.
+    pub fn of(addr: IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
     pub fn nft_type(self) -> &'static str {
         match self {
             Family::V4 => "ipv4_addr",
@@ -323,8 +331,17 @@ impl Nft {
     /// Creates `inet <table>` and the given sets when missing, in one batch.
     /// Existing objects are left as they are (no NLM_F_EXCL), so this is idempotent.
     pub fn create(&mut self, table: &str, sets: &[SetSpec]) -> Result<(), NftError> {
+        self.at_current_generation(|n| n.create_at(table, sets))
+    }
+
+    /// Runs `batch` again, with the sets read anew, while the kernel refuses it for an
+    /// outdated ruleset generation (nothing of a refused batch is applied).
+    fn at_current_generation(
+        &mut self,
+        mut batch: impl FnMut(&mut Nft) -> Result<(), NftError>,
+    ) -> Result<(), NftError> {
         for _ in 0..GENID_TRIES {
-            match self.create_at(table, sets) {
+            match batch(self) {
                 Err(e) if is_genid_restart(&e) => continue,
                 other => return other,
             }
@@ -529,13 +546,7 @@ impl Nft {
         if plan.is_empty() {
             return Ok(());
         }
-        for _ in 0..GENID_TRIES {
-            match self.apply_current(table, plan) {
-                Err(e) if is_genid_restart(&e) => continue,
-                other => return other,
-            }
-        }
-        Err(ruleset_kept_changing())
+        self.at_current_generation(|n| n.apply_current(table, plan))
     }
 
     /// [`Nft::apply`] at the current generation.
