@@ -470,6 +470,11 @@ impl Writer {
     /// `[limits]`: a new session beyond a cap is refused; a repeated connect of a live
     /// session is not new.
     fn check_limits(&self, ev: &Event, counts: &mut BatchCounts) -> Result<(), Rejection> {
+        let limits = &self.config.limits;
+        if limits.max_sessions_per_user.is_none() && limits.max_sessions_per_profile.is_none() {
+            // No caps (the default): no store lookups on the hot path.
+            return Ok(());
+        }
         let key = SessionKey {
             profile: ev.profile.clone(),
             conn_id: ev.conn_id.clone(),
@@ -479,7 +484,6 @@ impl Writer {
         if view.get(&key).map_err(failed)?.is_some() {
             return Ok(());
         }
-        let limits = &self.config.limits;
         if let Some(max) = limits.max_sessions_per_user {
             let live = self
                 .store
